@@ -1,0 +1,17 @@
+"""task-maintenance: keep a database task table and Celery's Redis state consistent."""
+
+from typing import TYPE_CHECKING, Any
+
+__all__ = ["RedisTaskCleaner"]
+
+if TYPE_CHECKING:
+    from maintenance.cleaner import RedisTaskCleaner
+
+
+def __getattr__(name: str) -> Any:
+    # Lazy, so that importing the package pulls in neither Celery nor SQLAlchemy.
+    if name == "RedisTaskCleaner":
+        from maintenance.cleaner import RedisTaskCleaner
+
+        return RedisTaskCleaner
+    raise AttributeError(name)

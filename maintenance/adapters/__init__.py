@@ -1,0 +1,1 @@
+"""Thin adapters around Redis, the database and Celery; they translate driver errors."""

@@ -1,0 +1,245 @@
+"""The app's task tables through SQLAlchemy Core: batched look-ups and a streamed reverse check."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Collection, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, TypeVar
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.engine import Engine
+
+from maintenance.config import Settings, SubTaskTableSettings, TaskTableSettings
+from maintenance.core.diff import Lookup
+from maintenance.core.models import RowState, StuckRow
+from maintenance.errors import ConfigError, DatabaseUnavailable
+from maintenance.redaction import redact_text
+
+T = TypeVar("T")
+
+
+@contextmanager
+def database_errors(what: str) -> Iterator[None]:
+    """Any driver error becomes DatabaseUnavailable: a failed query never reads as 'row missing'."""
+    try:
+        yield
+    except sa.exc.NoSuchTableError:
+        raise
+    except (sa.exc.SQLAlchemyError, OSError) as exc:
+        detail = redact_text(str(getattr(exc, "orig", None) or exc)).strip().splitlines()
+        raise DatabaseUnavailable(f"database failed while {what}: "
+                                  f"{detail[0] if detail else type(exc).__name__}") from None
+
+
+def create_db_engine(settings: Settings) -> Engine:
+    db = settings.database
+    kwargs: dict[str, Any] = {"pool_pre_ping": True}
+    if db.url.startswith("postgresql"):
+        kwargs.update(pool_size=db.pool_size, max_overflow=db.pool_size,
+                      connect_args={"connect_timeout": int(db.connect_timeout_s)})
+    try:
+        return sa.create_engine(db.url, **kwargs)
+    except (sa.exc.ArgumentError, ImportError) as exc:
+        raise ConfigError(f"invalid database URL: {exc}", key="database.url",
+                          source=settings.source) from None
+
+
+@dataclass(frozen=True)
+class _Coercer:
+    """Turns a textual id from a message into the id column's Python type, or None if impossible."""
+
+    python_type: type | None
+
+    def __call__(self, text: str) -> Any:
+        kind = self.python_type
+        try:
+            if kind is int:
+                return int(text)
+            if kind is uuid.UUID:
+                return str(uuid.UUID(text))
+        except (ValueError, TypeError):
+            return None
+        return text
+
+
+def _python_type(column: sa.Column[Any]) -> type | None:
+    try:
+        return column.type.python_type
+    except NotImplementedError:
+        return None
+
+
+class TaskDatabase:
+    """Reads the app's own tables; never writes them except through explicit action methods."""
+
+    def __init__(self, engine: Engine, settings: Settings):
+        self.engine = engine
+        self.settings = settings
+        self._tasks: sa.Table | None = None
+        self._sub_tasks: sa.Table | None = None
+
+    # -- schema -----------------------------------------------------------------------------
+    def validate(self) -> None:
+        """Reflect the configured tables; a missing table or column is a config error (exit 2)."""
+        cfg = self.settings.tasks
+        with database_errors("reading the schema"):
+            self._tasks = self._reflect("tasks", cfg.table, cfg.schema, [
+                ("id_column", cfg.id_column), ("status_column", cfg.status_column),
+                ("updated_at_column", cfg.updated_at_column),
+                ("celery_id_column", cfg.celery_id_column)])
+            sub = self.settings.sub_tasks
+            if sub.enabled:
+                self._sub_tasks = self._reflect("sub_tasks", sub.table, sub.schema, [
+                    ("id_column", sub.id_column), ("parent_column", sub.parent_column),
+                    ("status_column", sub.status_column)])
+
+    def _reflect(self, section: str, name: str, schema: str,
+                 columns: list[tuple[str, str]]) -> sa.Table:
+        source = self.settings.source
+        try:
+            table = sa.Table(name, sa.MetaData(), autoload_with=self.engine,
+                             schema=schema or None)
+        except sa.exc.NoSuchTableError:
+            raise ConfigError(f"table {name!r} does not exist in the database",
+                              key=f"{section}.table", source=source) from None
+        for key, column in columns:
+            if column and column not in table.c:
+                raise ConfigError(
+                    f"column {column!r} does not exist in table {name!r} "
+                    f"(columns: {', '.join(table.c.keys())})",
+                    key=f"{section}.{key}", source=source)
+        return table
+
+    @property
+    def tasks(self) -> sa.Table:
+        if self._tasks is None:
+            self.validate()
+        assert self._tasks is not None
+        return self._tasks
+
+    @property
+    def sub_tasks(self) -> sa.Table:
+        if self._sub_tasks is None:
+            self.validate()
+        if self._sub_tasks is None:
+            raise ConfigError("no [sub_tasks] table configured", key="sub_tasks.table",
+                              source=self.settings.source)
+        return self._sub_tasks
+
+    # -- look-ups -----------------------------------------------------------------------------
+    def lookup(self, task_ids: Collection[str], sub_task_ids: Collection[str] = ()) -> Lookup:
+        """Rows for a batch of ids: one query per table per batch, never one per message."""
+        with database_errors("looking up task rows"), self.engine.connect() as conn:
+            invalid: set[str] = set()
+            subs: dict[str, RowState] = {}
+            if sub_task_ids:
+                sub_cfg = self.settings.sub_tasks
+                subs, bad = self._fetch(conn, self.sub_tasks, sub_cfg.id_column,
+                                        sub_cfg.status_column, sub_task_ids,
+                                        parent_column=sub_cfg.parent_column)
+                invalid |= bad
+            parent_ids = {row.parent_id for row in subs.values() if row.parent_id is not None}
+            cfg = self.settings.tasks
+            wanted = set(task_ids) | parent_ids
+            found, bad = self._fetch(conn, self.tasks, cfg.id_column, cfg.status_column, wanted)
+            invalid |= bad & set(task_ids)
+            tasks = {k: v for k, v in found.items() if k in task_ids}
+            parents = {k: v for k, v in found.items() if k in parent_ids}
+        return Lookup(tasks=tasks, sub_tasks=subs, parents=parents, invalid=frozenset(invalid))
+
+    def _fetch(self, conn: sa.Connection, table: sa.Table, id_column: str, status_column: str,
+               ids: Collection[str], parent_column: str = "",
+               ) -> tuple[dict[str, RowState], set[str]]:
+        id_col = table.c[id_column]
+        coerce = _Coercer(_python_type(id_col))
+        by_value: dict[Any, list[str]] = {}
+        invalid = set()
+        for text in ids:
+            value = coerce(text)
+            if value is None:
+                invalid.add(text)
+            else:
+                by_value.setdefault(value, []).append(text)
+        columns = [id_col]
+        columns.append(table.c[status_column] if status_column else sa.null())
+        columns.append(table.c[parent_column] if parent_column else sa.null())
+        active = set(self.settings.tasks.active_statuses)
+        rows: dict[str, RowState] = {}
+        values = list(by_value)
+        batch = self.settings.database.batch_size
+        for start in range(0, len(values), batch):
+            query = sa.select(*columns).where(self._id_filter(id_col, values[start:start + batch]))
+            for row_id, status, parent in conn.execute(query):
+                key = coerce(str(row_id))
+                state = RowState(active=(status is None and not status_column) or status in active,
+                                 status="" if status is None else str(status),
+                                 parent_id=None if parent is None else str(parent))
+                for text in by_value.get(key, ()):
+                    rows[text] = state
+        return rows, invalid
+
+    def _id_filter(self, column: sa.Column[Any], values: list[Any]) -> sa.ColumnElement[bool]:
+        if self.engine.dialect.name == "postgresql":
+            # One array parameter instead of thousands of bind parameters.
+            array_type = postgresql.ARRAY(column.type)
+            return column == sa.any_(sa.cast(sa.literal(values, array_type), array_type))
+        return column.in_(values)
+
+    # -- the reverse check ----------------------------------------------------------------------
+    def iter_stuck(self, older_than_s: float, now: float) -> Iterator[StuckRow]:
+        """Rows still to run, untouched for `older_than_s`, streamed with a server-side cursor."""
+        cfg = self.settings.tasks
+        if not cfg.updated_at_column:
+            return
+        yield from self._iter_stuck_table(self.tasks, cfg, "task", older_than_s, now)
+
+    def _iter_stuck_table(self, table: sa.Table, cfg: TaskTableSettings | SubTaskTableSettings,
+                          kind: str, older_than_s: float, now: float) -> Iterator[StuckRow]:
+        assert isinstance(cfg, TaskTableSettings)
+        updated = table.c[cfg.updated_at_column]
+        cutoff = _cutoff_for(updated, now - older_than_s)
+        celery_col = table.c[cfg.celery_id_column] if cfg.celery_id_column else sa.null()
+        query = (sa.select(table.c[cfg.id_column], table.c[cfg.status_column], updated, celery_col)
+                 .where(table.c[cfg.status_column].in_(list(cfg.active_statuses)))
+                 .where(updated < cutoff)
+                 .execution_options(yield_per=self.settings.database.batch_size))
+        with database_errors("streaming rows still to run"), self.engine.connect() as conn:
+            for row_id, status, updated_at, celery_id in conn.execute(query):
+                yield StuckRow(db_id=str(row_id), row_kind=kind, status=str(status),
+                               updated_at=_as_epoch(updated_at),
+                               celery_id=None if celery_id is None else str(celery_id))
+
+    def row_state(self, kind: str, db_id: str) -> RowState | None:
+        """One primary-key look-up (guards and `check --task-id`)."""
+        if kind == "sub_task":
+            lookup = self.lookup((), (db_id,))
+            return lookup.sub_tasks.get(db_id)
+        return self.lookup((db_id,)).tasks.get(db_id)
+
+    def call(self, what: str, fn: Callable[[sa.Connection], T]) -> T:
+        """Run `fn` in a transaction with driver errors translated."""
+        with database_errors(what), self.engine.begin() as conn:
+            return fn(conn)
+
+
+def _cutoff_for(column: sa.Column[Any], epoch: float) -> Any:
+    if isinstance(column.type, sa.DateTime):
+        moment = datetime.fromtimestamp(epoch, tz=timezone.utc)
+        return moment if column.type.timezone else moment.replace(tzinfo=None)
+    return epoch
+
+
+def _as_epoch(value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=timezone.utc)
+        return value.timestamp()
+    if isinstance(value, int | float):
+        return float(value)
+    return None

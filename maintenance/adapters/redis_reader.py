@@ -1,0 +1,162 @@
+"""Read Celery's state from Redis in bounded, pipelined chunks: never KEYS, never a whole list."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, TypeVar
+
+import orjson
+import redis
+from kombu.exceptions import OperationalError as KombuOperationalError
+
+from maintenance.adapters.redis_layout import BrokerLayout, ResultLayout
+from maintenance.core.models import ResultMeta
+from maintenance.errors import BrokerUnavailable
+
+T = TypeVar("T")
+REDIS_ERRORS = (redis.RedisError, KombuOperationalError, OSError)
+
+
+@contextmanager
+def broker_errors(what: str) -> Iterator[None]:
+    """Translate driver errors at the boundary: a failed read must never look like an empty one."""
+    try:
+        yield
+    except REDIS_ERRORS as exc:
+        raise BrokerUnavailable(f"Redis failed while {what}: {exc}") from None
+
+
+def call_redis(what: str, fn: Callable[[], T]) -> T:
+    with broker_errors(what):
+        return fn()
+
+
+@dataclass(frozen=True)
+class RawUnacked:
+    delivery_tag: str
+    raw: bytes
+    taken_at: float | None
+
+
+class RedisReader:
+    """Chunked readers over the broker's lists and hash, and the result backend's keys."""
+
+    def __init__(self, broker: redis.Redis, layout: BrokerLayout, results: redis.Redis,
+                 result_layout: ResultLayout, *, chunk_size: int = 1000, depth: int = 10):
+        self.broker = broker
+        self.layout = layout
+        self.results = results
+        self.result_layout = result_layout
+        self.chunk_size = chunk_size
+        self.depth = depth
+
+    def list_lengths(self, keys: list[str]) -> dict[str, int]:
+        def run() -> dict[str, int]:
+            pipe = self.broker.pipeline(transaction=False)
+            for key in keys:
+                pipe.llen(key)
+            return dict(zip(keys, pipe.execute(), strict=True))
+
+        return call_redis("reading queue lengths", run)
+
+    def iter_list(self, key: str) -> Iterator[tuple[int, list[bytes]]]:
+        """Yield (start index, elements) chunks, head to tail.
+
+        Producers LPUSH at the head and consumers pop the tail, so reading head-first can see a
+        message twice (pushes shift it right) but never misses one that stays in the list.
+        Each LRANGE covers `chunk_size` elements, so no single call blocks Redis for long.
+        """
+        start, size = 0, self.chunk_size
+        while True:
+            def run(start: int = start) -> list[list[bytes]]:
+                pipe = self.broker.pipeline(transaction=False)
+                for i in range(self.depth):
+                    offset = start + i * size
+                    pipe.lrange(key, offset, offset + size - 1)
+                return pipe.execute()
+
+            chunks = call_redis(f"reading list {key!r}", run)
+            for i, chunk in enumerate(chunks):
+                if chunk:
+                    yield start + i * size, chunk
+                if len(chunk) < size:
+                    return
+            start += self.depth * size
+
+    def iter_unacked(self) -> Iterator[list[RawUnacked]]:
+        """HSCAN the unacked hash, with each tag's unacked_index score (when a worker took it)."""
+        cursor: int = 0
+        while True:
+            def scan(cursor: int = cursor) -> tuple[int, dict[bytes, bytes]]:
+                return self.broker.hscan(self.layout.unacked, cursor, count=self.chunk_size)
+
+            cursor, entries = call_redis("scanning the unacked hash", scan)
+            if entries:
+                tags = list(entries)
+
+                def scores(tags: list[bytes] = tags) -> list[float | None]:
+                    return self.broker.zmscore(self.layout.unacked_index, tags)
+
+                taken = call_redis("reading unacked_index", scores)
+                yield [RawUnacked(tag.decode(), entries[tag], score)
+                       for tag, score in zip(tags, taken, strict=True)]
+            if cursor == 0:
+                return
+
+    def iter_results(self) -> Iterator[list[ResultMeta]]:
+        """SCAN result keys in chunks, with their value's status, date_done and their TTL."""
+        cursor: int = 0
+        match = self.result_layout.match
+        while True:
+            def scan(cursor: int = cursor) -> tuple[int, list[bytes]]:
+                return self.results.scan(cursor, match=match, count=self.chunk_size)
+
+            cursor, keys = call_redis("scanning result keys", scan)
+            if keys:
+                yield call_redis("reading result keys", lambda keys=keys: self._metas(keys))
+            if cursor == 0:
+                return
+
+    def _metas(self, keys: list[bytes]) -> list[ResultMeta]:
+        pipe = self.results.pipeline(transaction=False)
+        for key in keys:
+            pipe.get(key)
+            pipe.ttl(key)
+        replies = pipe.execute()
+        metas = []
+        for i, key in enumerate(keys):
+            value, ttl = replies[2 * i], replies[2 * i + 1]
+            if value is None:  # expired between SCAN and GET
+                continue
+            text_key = key.decode()
+            metas.append(_result_meta(text_key, self.result_layout.task_id_of(text_key), value,
+                                      int(ttl)))
+        return metas
+
+
+def _result_meta(key: str, task_id: str, value: bytes, ttl: int) -> ResultMeta:
+    try:
+        doc: Any = orjson.loads(value)
+    except orjson.JSONDecodeError:
+        doc = {}
+    if not isinstance(doc, dict):
+        doc = {}
+    return ResultMeta(task_id=str(doc.get("task_id") or task_id), key=key,
+                      status=str(doc.get("status") or "UNKNOWN"),
+                      date_done=parse_timestamp(doc.get("date_done")), ttl_s=ttl)
+
+
+def parse_timestamp(value: Any) -> float | None:
+    """Celery writes `date_done` as ISO 8601, naive meaning UTC."""
+    if not isinstance(value, str):
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return moment.timestamp()

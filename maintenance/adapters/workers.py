@@ -1,0 +1,83 @@
+"""Live workers through Celery's remote control: what they hold, and revoke broadcasts."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from celery import Celery
+
+from maintenance.adapters.redis_reader import broker_errors
+from maintenance.core.bindings import BindingTable
+from maintenance.core.models import Location, Message, Reason, Where
+
+
+@dataclass(frozen=True)
+class WorkerView:
+    """What live workers reported. `answered` is False when nobody replied within the timeout."""
+
+    workers: tuple[str, ...]
+    messages: tuple[Message, ...]
+
+    @property
+    def answered(self) -> bool:
+        return bool(self.workers)
+
+
+class WorkerControl:
+    def __init__(self, app: Celery, timeout_s: float = 2.0):
+        self.app = app
+        self.timeout_s = timeout_s
+
+    def ping(self) -> list[str]:
+        with broker_errors("pinging workers"):
+            replies = self.app.control.ping(timeout=self.timeout_s) or []
+        return sorted(name for reply in replies for name in reply)
+
+    def snapshot(self, bindings: BindingTable) -> WorkerView:
+        """Active, reserved and scheduled tasks of every worker that answers in time."""
+        with broker_errors("inspecting workers"):
+            inspect = self.app.control.inspect(timeout=self.timeout_s)
+            active = inspect.active() or {}
+            reserved = inspect.reserved() or {}
+            scheduled = inspect.scheduled() or {}
+        workers = set(active) | set(reserved) | set(scheduled)
+        messages: list[Message] = []
+        for state, replies in (("active", active), ("reserved", reserved),
+                               ("scheduled", scheduled)):
+            for worker, entries in replies.items():
+                for entry in entries or ():
+                    request = entry.get("request", entry) if state == "scheduled" else entry
+                    messages.append(_message(request, worker, state, bindings))
+        return WorkerView(tuple(sorted(workers)), tuple(messages))
+
+    def revoke(self, task_ids: Sequence[str], batch_size: int = 500) -> int:
+        """Broadcast revokes in batches: one control message per batch, not one per task."""
+        sent = 0
+        with broker_errors("broadcasting revokes"):
+            for start in range(0, len(task_ids), batch_size):
+                batch = list(task_ids[start:start + batch_size])
+                self.app.control.revoke(batch)
+                sent += len(batch)
+        return sent
+
+
+def _message(request: dict[str, Any], worker: str, state: str,
+             bindings: BindingTable) -> Message:
+    location = Location(Where.WORKER, worker=worker, state=state,
+                        queue=str((request.get("delivery_info") or {}).get("routing_key") or ""))
+    task_id, name = request.get("id"), request.get("name") or request.get("type")
+    if not isinstance(task_id, str) or not isinstance(name, str):
+        return Message("", "", location, problem=Reason.BAD_ENVELOPE,
+                       detail="worker reported a task without id or name")
+    binding = bindings.lookup(name)
+    if binding is None:
+        return Message(task_id, name, location)
+    db_id = binding.extract(task_id, request.get("args"), request.get("kwargs"))
+    return Message(task_id, name, location, db_id=None if db_id is None else str(db_id),
+                   row_kind=binding.kind)
+
+
+def task_ids_of(messages: Iterable[Message]) -> set[str]:
+    return {m.task_id for m in messages if m.task_id}

@@ -1,0 +1,48 @@
+"""The subcommands. Each is a thin caller of the services; rendering lives in `render`."""
+
+from __future__ import annotations
+
+import argparse
+
+from maintenance.cli.main import print_json
+from maintenance.cli.progress import Progress
+from maintenance.cli.render import render_report
+from maintenance.config import Settings
+from maintenance.exit_codes import ExitCode
+from maintenance.reconcile import Reconciler
+from maintenance.services import open_services
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    check = sub.add_parser("check", help="report every inconsistency (read-only)",
+                           description="Report every inconsistency between Redis and the "
+                                       "database, changing nothing.")
+    check.add_argument("-v", "--verbose", action="store_true", help="one line per finding")
+    check.add_argument("--task-id", metavar="ID",
+                       help="only this Celery task id or database id: where it is, what is wrong")
+    check.add_argument("--json", action="store_true", help="print the report as JSON")
+    check.add_argument("--no-results", action="store_true", help="skip the result keys")
+    check.add_argument("--no-workers", action="store_true",
+                       help="do not ask live workers what they hold")
+    check.set_defaults(handler=run_check)
+
+
+def run_check(args: argparse.Namespace, settings: Settings) -> int:
+    if args.no_workers:
+        from dataclasses import replace
+
+        settings = replace(settings, scan=replace(settings.scan, inspect_workers=False))
+    services = open_services(settings)
+    progress = Progress()
+    try:
+        report = Reconciler(settings, services.reader, services.db, services.workers,
+                            progress=progress).scan(only=args.task_id,
+                                                    results=not args.no_results)
+    finally:
+        progress.done()
+        services.close()
+    if args.json:
+        print_json(report.as_dict())
+    else:
+        print(render_report(report, verbose=args.verbose))
+    return ExitCode.OK if report.consistent else ExitCode.FINDINGS

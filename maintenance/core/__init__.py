@@ -1,0 +1,1 @@
+"""The pure core: data types and decisions, with no I/O and no driver imports."""

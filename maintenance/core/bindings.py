@@ -1,0 +1,72 @@
+"""Bindings: which Celery task names carry which database id, and where in the message."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from fnmatch import fnmatchcase
+from functools import lru_cache
+from typing import Any, Literal
+
+RowKind = Literal["task", "sub_task"]
+_ARG = re.compile(r"^args\[(\d+)\]$")
+_KWARG = re.compile(r"^kwargs\.([A-Za-z_][A-Za-z0-9_]*)$")
+_MISSING = object()
+
+
+@dataclass(frozen=True, slots=True)
+class Binding:
+    """`task` is a glob over Celery task names; `id_from` is `args[N]`, `kwargs.NAME` or `task_id`."""
+
+    task: str
+    id_from: str
+    kind: RowKind = "task"
+
+    @property
+    def needs_body(self) -> bool:
+        return self.id_from != "task_id"
+
+    def extract(self, task_id: str, args: Any, kwargs: Any) -> Any:
+        """The bound database id, or `None` when the message does not carry it."""
+        if self.id_from == "task_id":
+            return task_id
+        if m := _ARG.match(self.id_from):
+            index = int(m.group(1))
+            if isinstance(args, list | tuple) and index < len(args):
+                return args[index]
+            return None
+        name = self.id_from.split(".", 1)[1]
+        if isinstance(kwargs, dict):
+            return kwargs.get(name)
+        return None
+
+
+def parse_binding(entry: dict[str, Any]) -> Binding:
+    """Validate one `[[bindings]]` table; raises ValueError naming the problem."""
+    unknown = set(entry) - {"task", "id_from", "kind"}
+    if unknown:
+        raise ValueError(f"unknown keys {sorted(unknown)}; expected task, id_from, kind")
+    task, id_from, kind = entry.get("task"), entry.get("id_from"), entry.get("kind", "task")
+    if not isinstance(task, str) or not task:
+        raise ValueError("'task' must be a Celery task name or glob")
+    if not isinstance(id_from, str) or not (
+        id_from == "task_id" or _ARG.match(id_from) or _KWARG.match(id_from)
+    ):
+        raise ValueError(f"'id_from' must be 'args[N]', 'kwargs.NAME' or 'task_id', got {id_from!r}")
+    if kind not in ("task", "sub_task"):
+        raise ValueError(f"'kind' must be 'task' or 'sub_task', got {kind!r}")
+    return Binding(task=task, id_from=id_from, kind=kind)
+
+
+class BindingTable:
+    """First matching binding per task name; memoised, since a queue holds few distinct names."""
+
+    def __init__(self, bindings: tuple[Binding, ...]):
+        self.bindings = bindings
+        self.lookup = lru_cache(maxsize=4096)(self._lookup)
+
+    def _lookup(self, task_name: str) -> Binding | None:
+        for binding in self.bindings:
+            if fnmatchcase(task_name, binding.task):
+                return binding
+        return None

@@ -1,0 +1,132 @@
+"""The diff: Redis facts against database facts, giving findings. Pure functions only."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from maintenance.core.models import (
+    Finding,
+    FindingKind,
+    Location,
+    Message,
+    Reason,
+    ResultMeta,
+    RowState,
+    StuckRow,
+    Where,
+)
+
+
+@dataclass(frozen=True)
+class Lookup:
+    """Rows found for one batch of ids. An id absent from every mapping was looked up and is gone.
+
+    Only a *successful* look-up may produce a `Lookup`: a failed query raises instead, so that a
+    database error can never read as "row missing".
+    """
+
+    tasks: Mapping[str, RowState] = field(default_factory=dict)
+    sub_tasks: Mapping[str, RowState] = field(default_factory=dict)
+    parents: Mapping[str, RowState] = field(default_factory=dict)
+    invalid: frozenset[str] = frozenset()  # ids that cannot exist in the id column's type
+
+
+def judge_message(msg: Message, lookup: Lookup) -> Finding | None:
+    """One message: unreadable, orphan, or fine (None). Unmanaged messages are never judged."""
+    if msg.problem is not None:
+        return _finding(msg, FindingKind.UNREADABLE, msg.problem, msg.detail)
+    if msg.db_id is None or not msg.row_kind:
+        return None
+    if msg.db_id in lookup.invalid:
+        return _finding(msg, FindingKind.UNREADABLE, Reason.BAD_ID,
+                        f"{msg.db_id!r} is not a valid id for the {msg.row_kind} table")
+    if msg.row_kind == "task":
+        reason = _row_verdict(lookup.tasks.get(msg.db_id), Reason.ROW_MISSING, Reason.ROW_FINISHED)
+    else:
+        reason = _sub_task_verdict(msg.db_id, lookup)
+    if reason is None:
+        return None
+    return _finding(msg, FindingKind.ORPHAN, reason, "")
+
+
+def judge_messages(messages: Iterable[Message], lookup: Lookup) -> list[Finding]:
+    return [f for msg in messages if (f := judge_message(msg, lookup)) is not None]
+
+
+def _row_verdict(row: RowState | None, missing: Reason, finished: Reason) -> Reason | None:
+    if row is None:
+        return missing
+    return None if row.active else finished
+
+
+def _sub_task_verdict(db_id: str, lookup: Lookup) -> Reason | None:
+    """A sub-task runs only while its own row and its parent's row are both still to run."""
+    row = lookup.sub_tasks.get(db_id)
+    own = _row_verdict(row, Reason.ROW_MISSING, Reason.ROW_FINISHED)
+    if own is not None or row is None:
+        return own
+    parent = lookup.parents.get(row.parent_id or "")
+    return _row_verdict(parent, Reason.PARENT_MISSING, Reason.PARENT_FINISHED)
+
+
+def _finding(msg: Message, kind: FindingKind, reason: Reason, detail: str) -> Finding:
+    return Finding(kind, reason, msg.task_id, msg.task_name, msg.db_id, msg.location,
+                   detail=detail)
+
+
+def judge_result(meta: ResultMeta, now: float, retention_s: float) -> Finding | None:
+    """Stale when finished longer ago than the retention, or when the key never expires."""
+    age = None if meta.date_done is None else max(0.0, now - meta.date_done)
+    location = Location(Where.RESULT, key=meta.key, state=meta.status)
+    if age is not None and age > retention_s:
+        return Finding(FindingKind.STALE_RESULT, Reason.RESULT_EXPIRED, meta.task_id, "", None,
+                       location, age_s=age)
+    if meta.ttl_s == -1:
+        return Finding(FindingKind.STALE_RESULT, Reason.RESULT_NO_TTL, meta.task_id, "", None,
+                       location, age_s=age, detail="key has no expiry")
+    return None
+
+
+class LostTracker:
+    """Rows still to run past the stuck age; every message seen anywhere crosses its row off.
+
+    Holding only the stuck candidates (not every id seen) keeps memory bounded by the number of
+    old pending rows rather than by the size of the queues.
+    """
+
+    def __init__(self, candidates: Iterable[StuckRow]):
+        self._rows: dict[tuple[str, str], StuckRow] = {}
+        self._by_celery_id: dict[str, tuple[str, str]] = {}
+        for row in candidates:
+            key = (row.row_kind, row.db_id)
+            self._rows[key] = row
+            if row.celery_id:
+                self._by_celery_id[row.celery_id] = key
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def saw(self, msg: Message) -> None:
+        if not self._rows:
+            return
+        if msg.db_id is not None:
+            self._rows.pop((msg.row_kind, msg.db_id), None)
+        key = self._by_celery_id.pop(msg.task_id, None)
+        if key is not None:
+            self._rows.pop(key, None)
+
+    def saw_task_ids(self, task_ids: Iterable[str]) -> None:
+        for task_id in task_ids:
+            key = self._by_celery_id.pop(task_id, None)
+            if key is not None:
+                self._rows.pop(key, None)
+
+    def findings(self, now: float) -> list[Finding]:
+        out = []
+        for row in self._rows.values():
+            age = None if row.updated_at is None else max(0.0, now - row.updated_at)
+            out.append(Finding(FindingKind.LOST, Reason.NO_MESSAGE, row.celery_id or "", "",
+                               row.db_id, Location(Where.DATABASE, state=row.status), age_s=age,
+                               detail=f"{row.row_kind} row '{row.status}' with no message"))
+        return out

@@ -1,0 +1,128 @@
+"""Read a kombu/Celery message envelope: task id, task name and the bound database id.
+
+Bodies are never unpickled. JSON bodies are decoded for args/kwargs; any other serializer falls
+back to the `argsrepr`/`kwargsrepr` headers through `ast.literal_eval`. A message we cannot read
+becomes a `Message` with a `problem`, never an exception.
+"""
+
+from __future__ import annotations
+
+import ast
+import base64
+import binascii
+from dataclasses import replace
+from typing import Any
+
+import orjson
+
+from maintenance.core.bindings import BindingTable
+from maintenance.core.models import Location, Message, Reason
+
+_JSON_TYPES = ("application/json", "application/x-json")
+
+
+def parse_list_element(raw: bytes, location: Location, bindings: BindingTable) -> Message:
+    """A queue list element is the JSON-encoded kombu message."""
+    try:
+        payload = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        return _unreadable(location, f"not JSON: {exc}")
+    return read_envelope(payload, location, bindings)
+
+
+def parse_unacked_entry(raw: bytes, location: Location, bindings: BindingTable) -> Message:
+    """An `unacked` hash value is `[message, exchange, routing_key]`."""
+    try:
+        entry = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        return _unreadable(location, f"not JSON: {exc}")
+    if not (isinstance(entry, list) and entry and isinstance(entry[0], dict)):
+        return _unreadable(location, "unacked entry is not [message, exchange, routing_key]")
+    if len(entry) >= 3 and isinstance(entry[2], str):
+        location = replace(location, queue=entry[2])
+    return read_envelope(entry[0], location, bindings)
+
+
+def read_envelope(payload: Any, location: Location, bindings: BindingTable) -> Message:
+    if not isinstance(payload, dict):
+        return _unreadable(location, "message is not a JSON object")
+    headers = payload.get("headers") or {}
+    properties = payload.get("properties") or {}
+    if not isinstance(headers, dict) or not isinstance(properties, dict):
+        return _unreadable(location, "headers/properties are not objects")
+    tag = properties.get("delivery_tag")
+    if tag and not location.delivery_tag:
+        location = replace(location, delivery_tag=str(tag))
+    task_name, task_id = headers.get("task"), headers.get("id")
+    body_v1: dict[str, Any] | None = None
+    if not task_name:  # protocol 1 keeps everything in the (JSON) body
+        decoded = _decode_json_body(payload, properties)
+        if isinstance(decoded, dict):
+            body_v1 = decoded
+            task_name, task_id = decoded.get("task"), decoded.get("id")
+    if not isinstance(task_name, str) or not isinstance(task_id, str):
+        return _unreadable(location, "no task name or id in the headers")
+    binding = bindings.lookup(task_name)
+    eta = headers.get("eta")
+    if binding is None:  # unmanaged: counted, never judged
+        return Message(task_id, task_name, location, eta=eta)
+    args: Any = None
+    kwargs: Any = None
+    if binding.needs_body:
+        if body_v1 is not None:
+            args, kwargs = body_v1.get("args"), body_v1.get("kwargs")
+        else:
+            args, kwargs, problem = _args_kwargs(payload, headers, properties)
+            if problem:
+                return Message(task_id, task_name, location, row_kind=binding.kind,
+                               problem=Reason.BAD_ENVELOPE, detail=problem, eta=eta)
+    db_id = binding.extract(task_id, args, kwargs)
+    if db_id is None or isinstance(db_id, dict | list | float | bool):
+        return Message(task_id, task_name, location, row_kind=binding.kind,
+                       problem=Reason.NO_BOUND_ID,
+                       detail=f"{binding.id_from} missing or not an id", eta=eta)
+    return Message(task_id, task_name, location, db_id=str(db_id), row_kind=binding.kind,
+                   eta=eta)
+
+
+def _args_kwargs(
+    payload: dict[str, Any], headers: dict[str, Any], properties: dict[str, Any]
+) -> tuple[Any, Any, str]:
+    if payload.get("content-type") in _JSON_TYPES and not headers.get("compression"):
+        body = _decode_json_body(payload, properties)
+        if isinstance(body, list) and len(body) >= 2:
+            return body[0], body[1], ""
+        if body is not _FAILED:
+            return None, None, "JSON body is not [args, kwargs, embed]"
+    return _from_repr(headers)
+
+
+def _from_repr(headers: dict[str, Any]) -> tuple[Any, Any, str]:
+    """Non-JSON serializers: the worker-side reprs are the only safe view of the arguments."""
+    try:
+        args = ast.literal_eval(headers.get("argsrepr") or "()")
+        kwargs = ast.literal_eval(headers.get("kwargsrepr") or "{}")
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError) as exc:
+        return None, None, f"argsrepr/kwargsrepr not literal: {type(exc).__name__}"
+    return args, kwargs, ""
+
+
+_FAILED = object()
+
+
+def _decode_json_body(payload: dict[str, Any], properties: dict[str, Any]) -> Any:
+    body = payload.get("body")
+    if not isinstance(body, str):
+        return _FAILED
+    try:
+        data: bytes | str = body
+        if properties.get("body_encoding") == "base64":
+            data = base64.b64decode(body, validate=False)
+        return orjson.loads(data)
+    except (binascii.Error, ValueError):
+        return _FAILED
+
+
+def _unreadable(location: Location, detail: str) -> Message:
+    return Message("", "", location, problem=Reason.BAD_ENVELOPE, detail=detail)
+
