@@ -1,0 +1,35 @@
+# Fresh Debian machine: `make demo` runs the whole story locally, `make test` runs the tests.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: install system-deps demo test lint bench clean
+
+$(BIN)/task-cleanup: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@
+
+install: $(BIN)/task-cleanup
+
+# Redis and PostgreSQL server binaries (the tests and the demo start their own instances).
+system-deps:
+	@command -v redis-server >/dev/null || { apt-get update && apt-get install -y redis-server; }
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { apt-get update && apt-get install -y postgresql; }
+
+demo: system-deps install
+	$(BIN)/python scripts/demo.py
+
+test: install
+	$(BIN)/ruff check maintenance tests bench scripts
+	$(BIN)/python -m pytest -q
+
+lint: install
+	$(BIN)/ruff check .
+
+bench: install
+	$(BIN)/python bench/bench_check.py
+
+clean:
+	rm -rf $(VENV) logs .demo
