@@ -95,7 +95,8 @@ class CleanupSettings:
     max_orphans: int = 0  # refuse above this many orphans; 0: no absolute limit
     quarantine_retention_days: float = 7.0
     stuck_action: Literal["report", "mark_failed", "requeue"] = "report"
-    failed_status: str = "failed"
+    failed_status: str = "failed"  # stuck_action = "mark_failed" sets this status
+    requeue_queue: str = ""  # stuck_action = "requeue" sends here; empty: the first scan queue
     revoke_batch_size: int = 500
     lock_ttl_s: float = 3900.0
     lock_wait_s: float = 0.0  # how long a second run waits for the lock before giving up

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from maintenance.cli.cleanup_cmds import add_cleanup_commands
 from maintenance.cli.main import print_json
 from maintenance.cli.progress import Progress
 from maintenance.cli.render import render_report
@@ -25,6 +26,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     check.add_argument("--no-workers", action="store_true",
                        help="do not ask live workers what they hold")
     check.set_defaults(handler=run_check)
+    add_cleanup_commands(sub)
 
 
 def run_check(args: argparse.Namespace, settings: Settings) -> int:

@@ -9,7 +9,7 @@ from functools import lru_cache
 from typing import Any, Literal
 
 RowKind = Literal["task", "sub_task"]
-_ARG = re.compile(r"^args\[(\d+)\]$")
+ARG_PATTERN = re.compile(r"^args\[(\d+)\]$")
 _KWARG = re.compile(r"^kwargs\.([A-Za-z_][A-Za-z0-9_]*)$")
 _MISSING = object()
 
@@ -30,7 +30,7 @@ class Binding:
         """The bound database id, or `None` when the message does not carry it."""
         if self.id_from == "task_id":
             return task_id
-        if m := _ARG.match(self.id_from):
+        if m := ARG_PATTERN.match(self.id_from):
             index = int(m.group(1))
             if isinstance(args, list | tuple) and index < len(args):
                 return args[index]
@@ -50,7 +50,7 @@ def parse_binding(entry: dict[str, Any]) -> Binding:
     if not isinstance(task, str) or not task:
         raise ValueError("'task' must be a Celery task name or glob")
     if not isinstance(id_from, str) or not (
-        id_from == "task_id" or _ARG.match(id_from) or _KWARG.match(id_from)
+        id_from == "task_id" or ARG_PATTERN.match(id_from) or _KWARG.match(id_from)
     ):
         raise ValueError(f"'id_from' must be 'args[N]', 'kwargs.NAME' or 'task_id', got {id_from!r}")
     if kind not in ("task", "sub_task"):

@@ -72,7 +72,7 @@ def _sub_task_verdict(db_id: str, lookup: Lookup) -> Reason | None:
 
 def _finding(msg: Message, kind: FindingKind, reason: Reason, detail: str) -> Finding:
     return Finding(kind, reason, msg.task_id, msg.task_name, msg.db_id, msg.location,
-                   detail=detail)
+                   detail=detail, row_kind=msg.row_kind)
 
 
 def judge_result(meta: ResultMeta, now: float, retention_s: float) -> Finding | None:
@@ -128,5 +128,6 @@ class LostTracker:
             age = None if row.updated_at is None else max(0.0, now - row.updated_at)
             out.append(Finding(FindingKind.LOST, Reason.NO_MESSAGE, row.celery_id or "", "",
                                row.db_id, Location(Where.DATABASE, state=row.status), age_s=age,
-                               detail=f"{row.row_kind} row '{row.status}' with no message"))
+                               detail=f"{row.row_kind} row '{row.status}' with no message",
+                               row_kind=row.row_kind))
         return out

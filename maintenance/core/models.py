@@ -117,7 +117,7 @@ class Finding:
     location: Location
     age_s: float | None = None
     detail: str = ""
-    raw: bytes | None = None
+    row_kind: str = ""  # "task" / "sub_task": which table the verdict was read from
 
     def as_dict(self) -> dict[str, Any]:
         loc = self.location
@@ -127,6 +127,7 @@ class Finding:
             "task_id": self.task_id,
             "task_name": self.task_name,
             "db_id": self.db_id,
+            "row_kind": self.row_kind or None,
             "location": {
                 "where": loc.where.value,
                 "queue": loc.queue or None,

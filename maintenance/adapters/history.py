@@ -1,0 +1,112 @@
+"""The history of maintenance runs and of every action, in tables of this project's own."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from maintenance.adapters.database import database_errors
+
+metadata = sa.MetaData()
+
+runs = sa.Table(
+    "maintenance_runs", metadata,
+    sa.Column("id", sa.String(36), primary_key=True),
+    sa.Column("started_by", sa.String(200), nullable=False),
+    sa.Column("mode", sa.String(40), nullable=False),
+    sa.Column("started_at", sa.Float, nullable=False, index=True),
+    sa.Column("finished_at", sa.Float),
+    sa.Column("outcome", sa.String(20), nullable=False),  # running, ok, partial, failed, refused
+    sa.Column("counts", sa.Text, nullable=False, default="{}"),
+    sa.Column("error", sa.Text),
+)
+
+actions = sa.Table(
+    "maintenance_actions", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("run_id", sa.String(36), nullable=False, index=True),
+    sa.Column("at", sa.Float, nullable=False),
+    sa.Column("action", sa.String(30), nullable=False),
+    sa.Column("kind", sa.String(30), nullable=False),
+    sa.Column("reason", sa.String(40), nullable=False),
+    sa.Column("task_id", sa.String(255), nullable=False, index=True),
+    sa.Column("task_name", sa.String(255)),
+    sa.Column("db_id", sa.String(255)),
+    sa.Column("location", sa.String(500)),
+)
+
+
+@dataclass(frozen=True)
+class ActionRecord:
+    action: str
+    kind: str
+    reason: str
+    task_id: str
+    task_name: str = ""
+    db_id: str | None = None
+    location: str = ""
+
+
+class HistoryStore:
+    """Writes are small and committed at once, so a run that dies mid-way leaves a true record."""
+
+    def __init__(self, engine: Engine):
+        self.engine = engine
+        self._ready = False
+
+    def init(self) -> None:
+        with database_errors("creating the history tables"):
+            metadata.create_all(self.engine)
+        self._ready = True
+
+    def _ensure(self) -> None:
+        if not self._ready:
+            self.init()
+
+    def start_run(self, started_by: str, mode: str) -> str:
+        self._ensure()
+        run_id = str(uuid.uuid4())
+        with database_errors("recording the run start"), self.engine.begin() as conn:
+            conn.execute(sa.insert(runs).values(id=run_id, started_by=started_by, mode=mode,
+                                                started_at=time.time(), outcome="running",
+                                                counts="{}"))
+        return run_id
+
+    def record_actions(self, run_id: str, records: Iterable[ActionRecord]) -> int:
+        rows = [{"run_id": run_id, "at": time.time(), **vars(r)} for r in records]
+        if not rows:
+            return 0
+        self._ensure()
+        with database_errors("recording actions"), self.engine.begin() as conn:
+            conn.execute(sa.insert(actions), rows)
+        return len(rows)
+
+    def finish_run(self, run_id: str, outcome: str, counts: dict[str, Any],
+                   error: str | None = None) -> None:
+        with database_errors("recording the run end"), self.engine.begin() as conn:
+            conn.execute(sa.update(runs).where(runs.c.id == run_id).values(
+                finished_at=time.time(), outcome=outcome, counts=json.dumps(counts),
+                error=error))
+
+    def recent_runs(self, limit: int = 20) -> list[dict[str, Any]]:
+        self._ensure()
+        query = sa.select(runs).order_by(runs.c.started_at.desc()).limit(limit)
+        with database_errors("reading the history"), self.engine.connect() as conn:
+            rows = [dict(r._mapping) for r in conn.execute(query)]
+        for row in rows:
+            row["counts"] = json.loads(row["counts"] or "{}")
+        return rows
+
+    def actions_of(self, run_id: str, limit: int = 1000) -> list[dict[str, Any]]:
+        self._ensure()
+        query = (sa.select(actions).where(actions.c.run_id == run_id)
+                 .order_by(actions.c.id).limit(limit))
+        with database_errors("reading the history"), self.engine.connect() as conn:
+            return [dict(r._mapping) for r in conn.execute(query)]

@@ -1,0 +1,144 @@
+"""Apply a plan: quarantine, then revoke, then delete results, then handle lost rows.
+
+Each step records what it did in the history as soon as it is done, so a run that fails half way
+leaves an exact account. Any Redis or database error propagates at once: nothing further runs.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter, defaultdict
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import structlog
+
+from maintenance.adapters.history import ActionRecord
+from maintenance.adapters.quarantine import Quarantine, tombstone_for
+from maintenance.adapters.results import ResultWriter
+from maintenance.adapters.stuck_rows import StuckRows
+from maintenance.core.models import Finding
+from maintenance.core.plan import Action, Plan
+from maintenance.services import Services
+
+log = structlog.get_logger(__name__)
+Record = Callable[[list[ActionRecord]], None]
+
+
+def _record(action: str, findings: Sequence[Finding]) -> list[ActionRecord]:
+    return [ActionRecord(action=action, kind=f.kind.value, reason=f.reason.value,
+                         task_id=f.task_id or "", task_name=f.task_name, db_id=f.db_id,
+                         location=f.location.describe()) for f in findings]
+
+
+class Applier:
+    def __init__(self, services: Services, run_id: str, record: Record,
+                 should_stop: Callable[[], bool] = lambda: False):
+        self.services = services
+        self.settings = services.settings
+        self.run_id = run_id
+        self.record = record
+        self.should_stop = should_stop
+        self.done: Counter[str] = Counter()
+        self.quarantine = Quarantine(services.broker, services.layout, services.own_keys)
+        self.results = ResultWriter(services.app.backend, services.results,
+                                    services.result_layout)
+        self.stopped_early = False
+
+    def apply(self, plan: Plan) -> Counter[str]:
+        steps: list[tuple[Action, Callable[[list[Finding]], None]]] = [
+            (Action.QUARANTINE, self._quarantine_queued),
+            (Action.QUARANTINE_UNACKED, self._quarantine_unacked),
+            (Action.REVOKE, self._revoke),
+            (Action.DELETE_RESULT, self._delete_results),
+            (Action.MARK_FAILED, self._mark_failed),
+            (Action.REQUEUE, self._requeue),
+        ]
+        for action, step in steps:
+            findings = plan.of(action)
+            if not findings:
+                continue
+            if self.should_stop():
+                self.stopped_early = True
+                log.warning("stopping before the next step: time limit near", step=action.value)
+                break
+            step(findings)
+        return self.done
+
+    def _meta(self, f: Finding, origin: str) -> dict[str, Any]:
+        loc = f.location
+        return {"origin": origin, "key": loc.key, "queue": loc.queue, "priority": loc.priority,
+                "task_id": f.task_id, "task_name": f.task_name, "db_id": f.db_id,
+                "reason": f.reason.value, "run_id": self.run_id, "quarantined_at": time.time()}
+
+    def _quarantine_queued(self, findings: list[Finding]) -> None:
+        by_key: dict[str, list[Finding]] = defaultdict(list)
+        for f in findings:
+            by_key[f.location.key].append(f)
+        for key, group in by_key.items():
+            name = Counter(f.task_name for f in group).most_common(1)[0][0]
+            tombstone = tombstone_for(name, group[0].location.queue, self.run_id)
+            placed = 0
+            try:
+                for taken, missing in self.quarantine.take_from_list(
+                        key, group, tombstone, lambda f: self._meta(f, "queue")):
+                    placed += len(taken)
+                    self._after_quarantine(taken, missing)
+            finally:
+                if placed:  # compact even after a failure, so no tombstone stays behind
+                    self.quarantine.compact(key, tombstone)
+
+    def _after_quarantine(self, taken: list[Finding], missing: list[Finding]) -> None:
+        """Taken messages are in no worker's hands: mark them REVOKED in the result backend.
+
+        A broadcast revoke would stay in every live worker's memory and make a later `restore`
+        useless, so only messages that slipped away (a worker may have just taken them) get one.
+        """
+        if taken:
+            self.results.mark_revoked([f.task_id for f in taken], "orphan quarantined")
+            self.done["quarantined"] += len(taken)
+            self.record(_record("quarantined", taken))
+            for f in taken:
+                log.info("🧹 quarantined orphan", task_id=f.task_id, db_id=f.db_id,
+                         reason=f.reason.value, location=f.location.describe())
+        if missing:
+            self._revoke(missing)
+
+    def _quarantine_unacked(self, findings: list[Finding]) -> None:
+        taken, missing = self.quarantine.take_unacked(findings,
+                                                      lambda f: self._meta(f, "unacked"))
+        self._after_quarantine(taken, missing)
+
+    def _revoke(self, findings: list[Finding]) -> None:
+        ids = sorted({f.task_id for f in findings if f.task_id})
+        self.services.workers.revoke(ids, self.settings.cleanup.revoke_batch_size)
+        self.results.mark_revoked(ids, "orphan revoked", only_if_absent=True)
+        self.done["revoked"] += len(ids)
+        self.record(_record("revoked", findings))
+        for f in findings:
+            log.info("🚫 revoked orphan", task_id=f.task_id, db_id=f.db_id,
+                     reason=f.reason.value, location=f.location.describe())
+
+    def _delete_results(self, findings: list[Finding]) -> None:
+        for start in range(0, len(findings), 10_000):
+            chunk = findings[start:start + 10_000]
+            self.done["results_deleted"] += self.results.unlink(f.location.key for f in chunk)
+            self.record(_record("result_deleted", chunk))
+        log.info("🧹 stale results deleted", count=self.done["results_deleted"])
+
+    def _mark_failed(self, findings: list[Finding]) -> None:
+        cleanup, scan = self.settings.cleanup, self.settings.scan
+        ids = [f.db_id for f in findings if f.db_id]
+        marked = StuckRows(self.services.db).mark_failed(
+            ids, cleanup.failed_status, scan.stuck_after_h * 3600, time.time())
+        self.done["rows_marked"] += marked
+        self.record(_record("marked_failed", findings))
+        log.info("🧹 lost rows marked failed", count=marked, status=cleanup.failed_status)
+
+    def _requeue(self, findings: list[Finding]) -> None:
+        """The seed's task migration: send the bound task again with the row's id."""
+        from maintenance.requeue import requeue_rows
+
+        sent = requeue_rows(self.services, findings)
+        self.done["requeued"] += len(sent)
+        self.record(_record("requeued", [f for f in findings if f.db_id in sent]))
