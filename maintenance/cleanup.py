@@ -39,6 +39,7 @@ class RunOptions:
     max_orphan_ratio: float | None = None
     max_orphans: int | None = None
     scan_results: bool = True
+    kinds: frozenset[FindingKind] = frozenset(FindingKind)  # which findings this run acts on
     confirm: Callable[[Plan, ScanReport], bool] | None = None  # None: proceed
     should_stop: Callable[[], bool] = lambda: False  # e.g. Celery's soft time limit is near
     on_wait: Callable[[float, int], None] | None = None  # (seconds, findings) before a re-check
@@ -144,17 +145,18 @@ class CleanupService:
         reconciler = Reconciler(self.settings, self.services.reader, self.services.db,
                                 self.services.workers, progress=self.progress, clock=self.clock)
         report = reconciler.scan(results=options.scan_results)
+        findings = [f for f in report.findings if f.kind in options.kinds]
         recheck = Recheck()
-        pending = needs_recheck(report.findings, policy)
+        pending = needs_recheck(findings, policy)
         if pending and not recheck_now:
-            recheck = self._recheck(reconciler, report, pending, policy, options)
-        plan = make_plan(report.findings, managed_messages=report.managed_messages,
+            recheck = self._recheck(report, pending, policy, options)
+        plan = make_plan(findings, managed_messages=report.managed_messages,
                          workers_alive=bool(report.workers) or not report.workers_inspected,
                          now=self.clock(), policy=policy, recheck=recheck,
                          taken_at=_taken_at(report))
         return report, plan
 
-    def _recheck(self, reconciler: Reconciler, report: ScanReport, pending: list[Finding],
+    def _recheck(self, report: ScanReport, pending: list[Finding],
                  policy: Policy, options: RunOptions) -> Recheck:
         """The second look: a missing row must still be missing `grace_s` after the first."""
         wait_s = max(0.0, report.finished_at + policy.grace_s - self.clock())
