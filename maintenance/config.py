@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from maintenance.alerts.settings import AlertSettings, check_alert_settings
 from maintenance.core.bindings import Binding, parse_binding
 from maintenance.errors import ConfigError
 from maintenance.redaction import redact_url
@@ -140,6 +141,7 @@ class Settings:
     guards: GuardSettings = field(default_factory=GuardSettings)
     schedule: ScheduleSettings = field(default_factory=ScheduleSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
+    alerts: AlertSettings = field(default_factory=AlertSettings)
     source: str = "<defaults>"
 
 
@@ -153,6 +155,7 @@ _SECTIONS: dict[str, type] = {
     "guards": GuardSettings,
     "schedule": ScheduleSettings,
     "logging": LoggingSettings,
+    "alerts": AlertSettings,
 }
 
 
@@ -291,4 +294,5 @@ def _check_consistency(settings: Settings) -> None:
     if settings.schedule.soft_time_limit_s >= settings.schedule.time_limit_s:
         raise ConfigError("must be lower than schedule.time_limit_s",
                           key="schedule.soft_time_limit_s", source=src)
+    check_alert_settings(settings.alerts, src)
 
