@@ -20,7 +20,8 @@ def redact_url(url: str) -> str:
         return url
     userinfo = f"{parts.username or ''}:***"
     host = parts.netloc.rsplit("@", 1)[1]
-    return urlunsplit(parts._replace(netloc=f"{userinfo}@{host}"))
+    # Sentinel URLs list several `scheme://user:pw@host` in one string: redact the rest too.
+    return redact_text(urlunsplit(parts._replace(netloc=f"{userinfo}@{host}")))
 
 
 def redact_text(text: str) -> str:
