@@ -36,13 +36,21 @@ class WorkerControl:
         return sorted(name for reply in replies for name in reply)
 
     def snapshot(self, bindings: BindingTable) -> WorkerView:
-        """Active, reserved and scheduled tasks of every worker that answers in time."""
+        """Active, reserved and scheduled tasks of every worker that answers in time.
+
+        One ping waits the full timeout (nobody knows how many workers exist); the three
+        inspections then return as soon as every worker that answered the ping has replied.
+        """
+        alive = self.ping()
+        if not alive:
+            return WorkerView((), ())
         with broker_errors("inspecting workers"):
-            inspect = self.app.control.inspect(timeout=self.timeout_s)
+            inspect = self.app.control.inspect(timeout=self.timeout_s, destination=alive,
+                                               limit=len(alive))
             active = inspect.active() or {}
             reserved = inspect.reserved() or {}
             scheduled = inspect.scheduled() or {}
-        workers = set(active) | set(reserved) | set(scheduled)
+        workers = set(alive) | set(active) | set(reserved) | set(scheduled)
         messages: list[Message] = []
         for state, replies in (("active", active), ("reserved", reserved),
                                ("scheduled", scheduled)):
