@@ -60,7 +60,8 @@ def redis_client(redis_url: str) -> Iterator[redis.Redis]:
 def database_url(pg_server: PostgresServer) -> Iterator[str]:
     """A new, empty PostgreSQL database with the demo schema."""
     name = f"t{os.getpid()}_{next(_db_counter)}"
-    admin = sa.create_engine(pg_server.url, isolation_level="AUTOCOMMIT")
+    admin = sa.create_engine(pg_server.url, isolation_level="AUTOCOMMIT",
+                             pool_pre_ping=True)
     with admin.connect() as conn:
         conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
     url = pg_server.url.rsplit("/", 1)[0] + f"/{name}"
@@ -75,7 +76,7 @@ def database_url(pg_server: PostgresServer) -> Iterator[str]:
 
 @pytest.fixture
 def engine(database_url: str) -> Iterator[sa.Engine]:
-    eng = sa.create_engine(database_url)
+    eng = sa.create_engine(database_url, pool_pre_ping=True)
     yield eng
     eng.dispose()
 
