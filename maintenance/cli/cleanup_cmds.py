@@ -114,10 +114,10 @@ def run_cleanup(args: argparse.Namespace, settings: Settings) -> int:
     progress = Progress()
 
     def on_wait(seconds: float, count: int) -> None:
-        if seconds > 0 and not args.json:
+        if seconds > 0:
             print(f"Waiting {seconds:.0f}s (grace period) before re-checking {count} "
                   "finding(s) whose row was missing: a producer may not have committed yet.",
-                  file=sys.stderr)
+                  file=sys.stderr, flush=True)
 
     options = RunOptions(mode=args.mode, started_by=started_by(), dry_run=args.dry_run,
                          grace_s=args.grace, max_orphan_ratio=args.max_orphan_ratio,
@@ -139,7 +139,7 @@ def run_cleanup(args: argparse.Namespace, settings: Settings) -> int:
             print(table(["done", "count"], sorted((k, f"{v:,}") for k, v in
                                                   result.done.items())))
     if result.outcome == "dry_run":
-        return ExitCode.FINDINGS if result.plan.actions else ExitCode.OK
+        return ExitCode.OK if result.report.consistent else ExitCode.FINDINGS
     return ExitCode.OK if result.outcome in ("ok", "declined") else ExitCode.FINDINGS
 
 
