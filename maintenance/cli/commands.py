@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 
+from maintenance.adapters.scan_summary import ScanSummaryStore
 from maintenance.cli.cleanup_cmds import add_cleanup_commands
 from maintenance.cli.main import print_json
+from maintenance.cli.monitor_cmds import add_monitor_commands
 from maintenance.cli.progress import Progress
 from maintenance.cli.render import render_report
 from maintenance.config import Settings
@@ -27,6 +29,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                        help="do not ask live workers what they hold")
     check.set_defaults(handler=run_check)
     add_cleanup_commands(sub)
+    add_monitor_commands(sub)
 
 
 def run_check(args: argparse.Namespace, settings: Settings) -> int:
@@ -40,6 +43,8 @@ def run_check(args: argparse.Namespace, settings: Settings) -> int:
         report = Reconciler(settings, services.reader, services.db, services.workers,
                             progress=progress).scan(only=args.task_id,
                                                     results=not args.no_results)
+        if args.task_id is None and not args.no_results:  # a whole scan: what `monitor` shows
+            ScanSummaryStore(services.broker, services.own_keys).save_report(report, "check")
     finally:
         progress.done()
         services.close()

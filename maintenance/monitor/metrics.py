@@ -1,0 +1,145 @@
+"""Prometheus metrics from the monitor's latest snapshot, in a registry of our own.
+
+A custom collector rather than Gauge objects: each scrape renders exactly the label sets of the
+latest snapshot (a queue that disappeared leaves no stale series), and the refresh loop stays the
+only thing that reads Redis, whatever the scrape rate.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from maintenance.monitor.snapshot import Snapshot
+
+PREFIX = "task_maintenance"
+RUN_OUTCOMES = ("ok", "partial", "failed", "refused")  # outcomes always exported, 0 or 1
+
+
+class SnapshotCollector(Collector):
+    def __init__(self) -> None:
+        self._snapshot: Snapshot | None = None
+        self._lock = threading.Lock()
+
+    def update(self, snapshot: Snapshot) -> None:
+        with self._lock:
+            self._snapshot = snapshot
+
+    def collect(self) -> Iterator[Metric]:
+        with self._lock:
+            snap = self._snapshot
+        if snap is None:
+            return
+        yield from _backend_metrics(snap)
+        if snap.redis_ok:
+            yield from _broker_metrics(snap)
+            yield from _scan_metrics(snap)
+        if snap.database_ok:
+            yield from _history_metrics(snap)
+
+
+def _gauge(name: str, doc: str, labels: list[str] | None = None) -> GaugeMetricFamily:
+    return GaugeMetricFamily(f"{PREFIX}_{name}", doc, labels=labels)
+
+
+def _counter(name: str, doc: str, labels: list[str] | None = None) -> CounterMetricFamily:
+    return CounterMetricFamily(f"{PREFIX}_{name}", doc, labels=labels)
+
+
+def _backend_metrics(snap: Snapshot) -> Iterator[Metric]:
+    up = _gauge("backend_up", "1 if the last monitor refresh could read this backend",
+                ["backend"])
+    up.add_metric(["redis"], float(snap.redis_ok))
+    up.add_metric(["database"], float(snap.database_ok))
+    yield up
+    refreshed = _gauge("monitor_refresh_timestamp_seconds", "When the monitor last refreshed")
+    refreshed.add_metric([], snap.taken_at)
+    yield refreshed
+
+
+def _broker_metrics(snap: Snapshot) -> Iterator[Metric]:
+    waiting = _gauge("queue_messages", "Messages waiting in a queue's priority list",
+                     ["queue", "priority"])
+    for depth in snap.queues:
+        waiting.add_metric([depth.queue, str(depth.band)], depth.messages)
+    yield waiting
+    unacked = _gauge("unacked_messages", "Messages delivered to workers and not yet acked")
+    unacked.add_metric([], snap.unacked)
+    yield unacked
+    oldest = _gauge("unacked_oldest_age_seconds",
+                    "Age of the oldest unacked message (0 when there is none)")
+    oldest.add_metric([], snap.unacked_oldest_age_s or 0.0)
+    yield oldest
+    if snap.workers is not None:
+        workers = _gauge("workers_online", "Celery workers that answered the last ping")
+        workers.add_metric([], len(snap.workers))
+        yield workers
+    skips = _counter("guard_skips", "Actions a safety guard skipped, by reason", ["reason"])
+    for reason, count in snap.guard_skips.items():
+        skips.add_metric([reason], count)
+    yield skips
+
+
+def _scan_metrics(snap: Snapshot) -> Iterator[Metric]:
+    latest = snap.latest
+    if latest is None:
+        return
+    findings = _gauge("scan_findings", "Findings of the latest scan, by kind", ["kind"])
+    for kind, count in latest.counts.items():
+        findings.add_metric([kind], count)
+    yield findings
+    for name, doc, value in (
+            ("scan_timestamp_seconds", "When the latest scan finished", latest.at),
+            ("scan_duration_seconds", "How long the latest scan took", latest.duration_s),
+            ("scan_managed_messages", "Messages bound to a row in the latest scan",
+             latest.managed_messages)):
+        gauge = _gauge(name, doc)
+        gauge.add_metric([], value)
+        yield gauge
+
+
+def _history_metrics(snap: Snapshot) -> Iterator[Metric]:
+    history = snap.history
+    actions = _counter("actions", "Actions taken by finished maintenance runs, by kind",
+                       ["action"])
+    for action, count in sorted(history.action_totals.items()):
+        actions.add_metric([action], count)
+    yield actions
+    runs = _counter("runs", "Finished maintenance runs, by outcome", ["outcome"])
+    for outcome, count in sorted(history.outcome_totals.items()):
+        runs.add_metric([outcome], count)
+    yield runs
+    recent = list(history.recent)
+    running = _gauge("run_in_progress", "1 while a maintenance run is recorded as running")
+    running.add_metric([], float(any(r.get("outcome") == "running" for r in recent)))
+    yield running
+    last = next((r for r in recent if r.get("finished_at")), None)
+    if last is not None:
+        yield from _last_run_metrics(last)
+
+
+def _last_run_metrics(run: dict[str, Any]) -> Iterator[Metric]:
+    stamp = _gauge("last_run_timestamp_seconds", "When the last finished run ended")
+    stamp.add_metric([], float(run["finished_at"]))
+    yield stamp
+    duration = _gauge("last_run_duration_seconds", "How long the last finished run took")
+    duration.add_metric([], max(0.0, float(run["finished_at"]) - float(run["started_at"])))
+    yield duration
+    outcome = _gauge("last_run_outcome", "1 for the outcome of the last finished run",
+                     ["outcome"])
+    for name in sorted({*RUN_OUTCOMES, str(run.get("outcome"))}):
+        outcome.add_metric([name], float(name == run.get("outcome")))
+    yield outcome
+
+
+def serve_metrics(collector: SnapshotCollector, port: int, addr: str = "0.0.0.0") -> Any:
+    """Serve /metrics on a daemon thread; returns the HTTP server (call .shutdown() to stop)."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(collector)
+    server, _thread = start_http_server(port, addr=addr, registry=registry)
+    return server
