@@ -198,7 +198,7 @@ def test_second_cleanup_waits_or_exits_while_the_lock_is_held(
         assert second.returncode == 4
         assert "lock" in second.stderr
     finally:
-        out, err = first.communicate(timeout=120)
+        _out, err = first.communicate(timeout=120)
     assert first.returncode == 0, err
     assert not redis_client.exists("task-maintenance:lock")
 

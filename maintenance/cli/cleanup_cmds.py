@@ -1,4 +1,4 @@
-"""`cleanup`, `quick-fix`, `revoke`, `restore`, `history`, `init-db`: thin callers of the services."""
+"""Subcommands that act: cleanup, quick-fix, revoke, restore, history, init-db."""
 
 from __future__ import annotations
 
