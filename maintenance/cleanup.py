@@ -43,6 +43,9 @@ class RunOptions:
     confirm: Callable[[Plan, ScanReport], bool] | None = None  # None: proceed
     should_stop: Callable[[], bool] = lambda: False  # e.g. Celery's soft time limit is near
     on_wait: Callable[[float, int], None] | None = None  # (seconds, findings) before a re-check
+    # Exceptions that end a run early but cleanly (Celery's SoftTimeLimitExceeded): the run is
+    # recorded "partial", the lock released, and the exception re-raised to the caller.
+    interrupted_by: tuple[type[BaseException], ...] = ()
 
 
 @dataclass
@@ -119,8 +122,13 @@ class CleanupService:
     def _run_locked(self, run_id: str, options: RunOptions, policy: Policy) -> RunResult:
         done: Counter[str] = Counter()
         plan, report = Plan(), ScanReport(started_at=self.clock())
+        applier: Applier | None = None
         try:
             report, plan = self._scan_and_plan(options, policy, recheck_now=False)
+            if options.should_stop():  # the limit came during the scan or grace wait: act on none
+                self._finish(run_id, "partial", report, plan, done, "stopped before acting: "
+                             "time limit near")
+                return RunResult(run_id, "partial", plan, report)
             if plan.refused:
                 self._finish(run_id, "refused", report, plan, done, plan.refused)
                 raise PlanRefused(plan.refused)
@@ -135,6 +143,11 @@ class CleanupService:
             self._finish(run_id, "failed", report, plan, done, str(exc), best_effort=True)
             log.error("maintenance run failed: nothing further was changed", error=str(exc),
                       done=dict(done))
+            raise
+        except options.interrupted_by as exc:
+            done = applier.done if applier is not None else done
+            self._finish(run_id, "partial", report, plan, done,
+                         f"interrupted: {type(exc).__name__}", best_effort=True)
             raise
         outcome = "partial" if applier.stopped_early else "ok"
         self._finish(run_id, outcome, report, plan, done)
