@@ -73,8 +73,12 @@ class Applier:
 
     def _quarantine_queued(self, findings: list[Finding]) -> None:
         by_key: dict[str, list[Finding]] = defaultdict(list)
+        untagged = [f for f in findings if not f.location.delivery_tag]
         for f in findings:
-            by_key[f.location.key].append(f)
+            if f.location.delivery_tag:  # the tag is what proves "this very message"
+                by_key[f.location.key].append(f)
+        if untagged:
+            self._revoke(untagged)
         for key, group in by_key.items():
             name = Counter(f.task_name for f in group).most_common(1)[0][0]
             tombstone = tombstone_for(name, group[0].location.queue, self.run_id)

@@ -147,6 +147,8 @@ class Quarantine:
 
         Yields (taken, missing) per call, so the caller can record each step as it happens.
         """
+        if any(not f.location.delivery_tag for f in findings):
+            raise ValueError("every message to quarantine needs its delivery tag")
         ordered = sorted(findings, key=lambda f: f.location.index)
         drift, batch, start = 0, 16, 0
         while start < len(ordered):
