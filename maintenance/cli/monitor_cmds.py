@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from urllib.parse import urlsplit
 
 from maintenance.adapters.history_totals import HistoryReader
@@ -23,7 +24,7 @@ PING_TIMEOUT_S = 1.0  # the live view waits this long for worker replies, every 
 WORKERS_EVERY_S = 10.0
 
 
-def add_monitor_commands(sub: argparse._SubParsersAction) -> None:
+def add_monitor_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     mon = sub.add_parser(
         "monitor", help="live view of queues, unacked, workers, findings and runs",
         description="A refreshing view of Celery's Redis state and the latest scan's findings. "
@@ -99,7 +100,7 @@ def _reader(services: Services, args: argparse.Namespace) -> SnapshotReader:
                           workers_every_s=max(WORKERS_EVERY_S, args.interval))
 
 
-def _scanner(services: Services):  # type: ignore[no-untyped-def]
+def _scanner(services: Services) -> Callable[[], None]:
     """A full scan for `--scan`: saved for the view, alerted on per [alerts]."""
     settings = services.settings
     store = ScanSummaryStore(services.broker, services.own_keys)

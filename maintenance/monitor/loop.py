@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from functools import partial
 from typing import TextIO
@@ -117,7 +117,7 @@ class Monitor:
         else:
             screen.draw("task-cleanup monitor   scanning...")
 
-    def _ticks(self, screen: FullScreen | None = None):  # type: ignore[no-untyped-def]
+    def _ticks(self, screen: FullScreen | None = None) -> Iterator[int]:
         """Yield once per refresh, sleeping between; `q` on the live screen ends it."""
         count = 0
         while True:

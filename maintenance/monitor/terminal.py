@@ -15,7 +15,7 @@ import sys
 import termios
 import tty
 from collections.abc import Iterator
-from typing import TextIO
+from typing import Any, TextIO
 
 ENTER = "\x1b[?1049h\x1b[?25l"  # alternate screen, hide cursor
 LEAVE = "\x1b[?25h\x1b[?1049l"  # show cursor, back to the normal screen
@@ -26,7 +26,7 @@ class FullScreen:
     def __init__(self, out: TextIO | None = None, keys: TextIO | None = None):
         self.out = out or sys.stdout
         self.keys = keys or sys.stdin
-        self._saved: list[object] | None = None
+        self._saved: list[Any] | None = None
 
     @contextlib.contextmanager
     def active(self) -> Iterator[FullScreen]:
