@@ -5,18 +5,27 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import orjson
 import redis
 from kombu.exceptions import OperationalError as KombuOperationalError
+from redis.commands.core import Script
 
 from maintenance.adapters.redis_layout import BrokerLayout, ResultLayout
 from maintenance.core.models import ResultMeta
 from maintenance.errors import BrokerUnavailable
 
 T = TypeVar("T")
+_VALUES_AND_TTLS_LUA = """
+local out = {}
+for i, key in ipairs(KEYS) do
+  out[2 * i - 1] = redis.call('GET', key)
+  out[2 * i] = redis.call('TTL', key)
+end
+return out
+"""
 REDIS_ERRORS = (redis.RedisError, KombuOperationalError, OSError)
 
 
@@ -52,6 +61,7 @@ class RedisReader:
         self.result_layout = result_layout
         self.chunk_size = chunk_size
         self.depth = depth
+        self._meta_script: Script | None = results.register_script(_VALUES_AND_TTLS_LUA)
 
     def list_lengths(self, keys: list[str]) -> dict[str, int]:
         def run() -> dict[str, int]:
@@ -121,20 +131,35 @@ class RedisReader:
                 return
 
     def _metas(self, keys: list[bytes]) -> list[ResultMeta]:
+        replies = self._values_and_ttls(keys)
+        task_id_of = self.result_layout.task_id_of
+        metas = []
+        for key, value, ttl in zip(keys, replies[::2], replies[1::2], strict=True):
+            if value is None:  # expired between SCAN and GET
+                continue
+            text_key = key.decode()
+            metas.append(_result_meta(text_key, task_id_of(text_key), value, int(ttl)))
+        return metas
+
+    def _values_and_ttls(self, keys: list[bytes]) -> list[Any]:
+        """[value, ttl, value, ttl, ...] for `keys`, in one script call when Redis allows it.
+
+        A GET and a TTL pipelined per key cost more in redis-py's command packing than Redis
+        spends answering them; one read-only script per SCAN batch costs one command. Where
+        scripting is refused (disabled or renamed EVALSHA), fall back to the pipeline.
+        """
+        if self._meta_script is not None:
+            try:
+                return list(self._meta_script(keys=keys))
+            except redis.ResponseError as exc:
+                if "WRONGTYPE" in str(exc):
+                    raise
+                self._meta_script = None
         pipe = self.results.pipeline(transaction=False)
         for key in keys:
             pipe.get(key)
             pipe.ttl(key)
-        replies = pipe.execute()
-        metas = []
-        for i, key in enumerate(keys):
-            value, ttl = replies[2 * i], replies[2 * i + 1]
-            if value is None:  # expired between SCAN and GET
-                continue
-            text_key = key.decode()
-            metas.append(_result_meta(text_key, self.result_layout.task_id_of(text_key), value,
-                                      int(ttl)))
-        return metas
+        return pipe.execute()
 
 
 def _result_meta(key: str, task_id: str, value: bytes, ttl: int) -> ResultMeta:
@@ -158,5 +183,5 @@ def parse_timestamp(value: Any) -> float | None:
     except ValueError:
         return None
     if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
+        moment = moment.replace(tzinfo=UTC)
     return moment.timestamp()
