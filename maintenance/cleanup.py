@@ -17,7 +17,9 @@ from redis.exceptions import LockError
 
 from maintenance.adapters.history import ActionRecord, HistoryStore
 from maintenance.adapters.redis_reader import broker_errors
+from maintenance.adapters.scan_summary import ScanSummaryStore
 from maintenance.adapters.stuck_rows import StuckRows
+from maintenance.alerts import maybe_alert
 from maintenance.apply import Applier
 from maintenance.core.diff import judge_message
 from maintenance.core.models import Finding, FindingKind, Message
@@ -158,6 +160,9 @@ class CleanupService:
         reconciler = Reconciler(self.settings, self.services.reader, self.services.db,
                                 self.services.workers, progress=self.progress, clock=self.clock)
         report = reconciler.scan(results=options.scan_results)
+        if options.scan_results and not options.dry_run:  # a whole scan: what `monitor` shows
+            ScanSummaryStore(self.services.broker, self.services.own_keys).save_report(
+                report, options.mode)
         findings = [f for f in report.findings if f.kind in options.kinds]
         recheck = Recheck()
         pending = needs_recheck(findings, policy)
@@ -214,6 +219,11 @@ class CleanupService:
             if not best_effort:
                 raise
             log.error("could not record the run's end in the history", error=str(exc))
+        finally:
+            # After the record, never before: an alert must not delay or fail the run itself.
+            maybe_alert(self.settings, {"counts": report.counts(), "run_id": run_id,
+                                        "done": dict(done), "error": error,
+                                        "refused": plan.refused or None}, outcome)
 
 
 def _taken_at(report: ScanReport) -> dict[str, float]:
