@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import io
+import sys
 
 from maintenance.adapters.scan_summary import ScanSummaryStore
 from maintenance.cli.cleanup_cmds import add_cleanup_commands
-from maintenance.cli.main import print_json
 from maintenance.cli.monitor_cmds import add_monitor_commands
 from maintenance.cli.progress import Progress
-from maintenance.cli.render import render_report
+from maintenance.cli.render import render_report, write_report_json
 from maintenance.config import Settings
+from maintenance.core.report import ScanReport
 from maintenance.exit_codes import ExitCode
 from maintenance.reconcile import Reconciler
 from maintenance.services import open_services
@@ -49,7 +51,18 @@ def run_check(args: argparse.Namespace, settings: Settings) -> int:
         progress.done()
         services.close()
     if args.json:
-        print_json(report.as_dict())
+        _print_report_json(report)
     else:
         print(render_report(report, verbose=args.verbose))
     return ExitCode.OK if report.consistent else ExitCode.FINDINGS
+
+
+def _print_report_json(report: ScanReport) -> None:
+    sys.stdout.flush()
+    binary = getattr(sys.stdout, "buffer", None)  # absent when stdout was swapped for text
+    if binary is not None:
+        write_report_json(report, binary)
+        return
+    buf = io.BytesIO()
+    write_report_json(report, buf)
+    sys.stdout.write(buf.getvalue().decode())

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import BinaryIO
+
+import orjson
 
 from maintenance.core.models import Finding
 from maintenance.core.report import ScanReport
@@ -58,3 +61,25 @@ def render_report(report: ScanReport, verbose: bool = False) -> str:
         out.append("")
         out.append("Run with -v for every finding, or --json for machines.")
     return "\n".join(out)
+
+
+def write_report_json(report: ScanReport, out: BinaryIO, flush_bytes: int = 1 << 20) -> None:
+    """The report as indented JSON, streamed: one finding dict at a time, never all at once.
+
+    A million-message scan can have a few hundred thousand findings; as dicts all at once they
+    would take more memory than the whole scan, and the stdlib encoder more time.
+    """
+    indent = orjson.OPT_INDENT_2
+    head = orjson.dumps(report.as_dict(with_findings=False), option=indent, default=str)
+    buf = bytearray(head[:-2])  # reopen the object: drop the closing "\n}"
+    buf += b',\n  "findings": ['
+    for i, finding in enumerate(report.findings):
+        buf += b",\n    " if i else b"\n    "
+        buf += orjson.dumps(finding.as_dict(), option=indent, default=str).replace(b"\n",
+                                                                                 b"\n    ")
+        if len(buf) >= flush_bytes:
+            out.write(buf)
+            buf.clear()
+    buf += b"\n  ]\n}\n" if report.findings else b"]\n}\n"
+    out.write(buf)
+    out.flush()
