@@ -1,4 +1,4 @@
-"""Settings: one TOML file plus URL overrides from the environment, validated into frozen objects."""
+"""Settings: one TOML file plus URL overrides from the environment, validated, frozen."""
 
 from __future__ import annotations
 

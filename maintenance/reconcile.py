@@ -44,15 +44,21 @@ class Reconciler:
         self.clock = clock
 
     def scan(self, only: str | None = None, results: bool = True) -> ScanReport:
-        """Read-only. Raises BrokerUnavailable / DatabaseUnavailable: a failed scan has no verdict."""
+        """Read-only. Raises BrokerUnavailable / DatabaseUnavailable: a failed scan, no verdict."""
         report = ScanReport(started_at=self.clock(), only=only)
         self.db.validate()
         lost = self._lost_tracker(report)
+        held = self._scan_workers(report)
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="db-lookup") as pool:
-            batcher = _Batcher(self, report, pool, lost, only)
-            self._scan_workers(report, batcher)
+            batcher = _Batcher(self, report, pool, lost, only,
+                               held_ids={m.task_id for m in held if m.task_id})
             self._scan_queues(batcher)
             self._scan_unacked(batcher)
+            # A task a worker holds is usually also in Redis (unacked, or queued again): judge it
+            # once, at its Redis location, which is the one a cleanup can act on.
+            for msg in held:
+                if msg.task_id not in batcher.seen_held:
+                    batcher.add(msg)
             batcher.flush()
         if results:
             self._scan_results(report, only)
@@ -75,13 +81,12 @@ class Reconciler:
         stuck_s = self.settings.scan.stuck_after_h * 3600
         return LostTracker(self.db.iter_stuck(stuck_s, self.clock()))
 
-    def _scan_workers(self, report: ScanReport, batcher: _Batcher) -> None:
+    def _scan_workers(self, report: ScanReport) -> tuple[Message, ...]:
         if self.workers is None or not self.settings.scan.inspect_workers:
-            return
+            return ()
         view = self.workers.snapshot(self.bindings)
         report.workers, report.workers_inspected = view.workers, True
-        for msg in view.messages:
-            batcher.add(msg)
+        return view.messages
 
     def _scan_queues(self, batcher: _Batcher) -> None:
         layout = self.reader.layout
@@ -142,18 +147,22 @@ class _Batcher:
     """Collects managed messages into look-up batches and judges them as look-ups complete."""
 
     def __init__(self, owner: Reconciler, report: ScanReport, pool: ThreadPoolExecutor,
-                 lost: LostTracker, only: str | None):
+                 lost: LostTracker, only: str | None, held_ids: set[str] | None = None):
         self.owner = owner
         self.report = report
         self.pool = pool
         self.lost = lost
         self.only = only
+        self.held_ids = held_ids or set()  # task ids live workers reported
+        self.seen_held: set[str] = set()  # ... of which these were also found in Redis
         self.batch: list[Message] = []
         self.in_flight: deque[tuple[list[Message], Future[Lookup]]] = deque()
         self.batch_size = owner.settings.database.batch_size
 
     def add(self, msg: Message) -> None:
         self.lost.saw(msg)
+        if msg.task_id in self.held_ids and msg.location.where is not Where.WORKER:
+            self.seen_held.add(msg.task_id)
         if self.only is not None and self.only not in (msg.task_id, msg.db_id):
             return
         loc = msg.location

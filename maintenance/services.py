@@ -1,7 +1,8 @@
-"""Composition: build the adapters for one settings object. The only place that opens connections."""
+"""Composition: build the adapters for one settings object; the only place opening connections."""
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,10 +34,8 @@ class Services:
 
     def close(self) -> None:
         for closer in reversed(self._closers):
-            try:
+            with contextlib.suppress(Exception):  # best effort on shutdown
                 closer()
-            except Exception:  # noqa: BLE001 - best effort on shutdown
-                pass
 
 
 def open_services(settings: Settings, app: Celery | None = None) -> Services:

@@ -6,7 +6,7 @@ import uuid
 from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
@@ -53,15 +53,32 @@ class _Coercer:
     """Turns a textual id from a message into the id column's Python type, or None if impossible."""
 
     python_type: type | None
+    int_bits: int | None = None  # integer columns: out-of-range ids cannot exist (and would fail)
+    max_length: int | None = None  # string columns: a longer id cannot exist
+
+    @classmethod
+    def for_column(cls, column: sa.Column[Any]) -> _Coercer:
+        col_type = column.type
+        bits = (16 if isinstance(col_type, sa.SmallInteger) else
+                64 if isinstance(col_type, sa.BigInteger) else
+                32 if isinstance(col_type, sa.Integer) else None)
+        length = getattr(col_type, "length", None) if isinstance(col_type, sa.String) else None
+        return cls(_python_type(column), bits, length)
 
     def __call__(self, text: str) -> Any:
         kind = self.python_type
         try:
             if kind is int:
-                return int(text)
+                value = int(text)
+                if self.int_bits and not -(2 ** (self.int_bits - 1)) <= value < 2 ** (
+                        self.int_bits - 1):
+                    return None
+                return value
             if kind is uuid.UUID:
                 return str(uuid.UUID(text))
         except (ValueError, TypeError):
+            return None
+        if self.max_length is not None and len(text) > self.max_length:
             return None
         return text
 
@@ -155,7 +172,7 @@ class TaskDatabase:
                ids: Collection[str], parent_column: str = "",
                ) -> tuple[dict[str, RowState], set[str]]:
         id_col = table.c[id_column]
-        coerce = _Coercer(_python_type(id_col))
+        coerce = _Coercer.for_column(id_col)
         by_value: dict[Any, list[str]] = {}
         invalid = set()
         for text in ids:
@@ -228,7 +245,7 @@ class TaskDatabase:
 
 def _cutoff_for(column: sa.Column[Any], epoch: float) -> Any:
     if isinstance(column.type, sa.DateTime):
-        moment = datetime.fromtimestamp(epoch, tz=timezone.utc)
+        moment = datetime.fromtimestamp(epoch, tz=UTC)
         return moment if column.type.timezone else moment.replace(tzinfo=None)
     return epoch
 
@@ -238,7 +255,7 @@ def _as_epoch(value: Any) -> float | None:
         return None
     if isinstance(value, datetime):
         if value.tzinfo is None:
-            value = value.replace(tzinfo=timezone.utc)
+            value = value.replace(tzinfo=UTC)
         return value.timestamp()
     if isinstance(value, int | float):
         return float(value)

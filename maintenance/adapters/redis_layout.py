@@ -78,7 +78,7 @@ class ResultLayout:
 
 @dataclass(frozen=True)
 class OwnKeys:
-    """Keys of this project's own: quarantine, run lock, and the sightings behind the grace period."""
+    """Keys of our own: quarantine, run lock, and the sightings behind the grace period."""
 
     prefix: str = "task-maintenance"
 

@@ -14,6 +14,7 @@ from maintenance.errors import ConfigError, LockHeld, PlanRefused, UnavailableEr
 from maintenance.exit_codes import ExitCode
 from maintenance.redaction import redact_text
 
+
 def build_parser() -> argparse.ArgumentParser:
     from maintenance.cli.commands import add_commands
 

@@ -16,7 +16,7 @@ _MISSING = object()
 
 @dataclass(frozen=True, slots=True)
 class Binding:
-    """`task` is a glob over Celery task names; `id_from` is `args[N]`, `kwargs.NAME` or `task_id`."""
+    """`task` globs Celery task names; `id_from` is `args[N]`, `kwargs.NAME` or `task_id`."""
 
     task: str
     id_from: str
@@ -52,7 +52,8 @@ def parse_binding(entry: dict[str, Any]) -> Binding:
     if not isinstance(id_from, str) or not (
         id_from == "task_id" or ARG_PATTERN.match(id_from) or _KWARG.match(id_from)
     ):
-        raise ValueError(f"'id_from' must be 'args[N]', 'kwargs.NAME' or 'task_id', got {id_from!r}")
+        raise ValueError(
+            f"'id_from' must be 'args[N]', 'kwargs.NAME' or 'task_id', got {id_from!r}")
     if kind not in ("task", "sub_task"):
         raise ValueError(f"'kind' must be 'task' or 'sub_task', got {kind!r}")
     return Binding(task=task, id_from=id_from, kind=kind)
