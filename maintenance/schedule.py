@@ -65,13 +65,15 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
     """Entries for `app.conf.beat_schedule`, keyed by task name.
 
     Each message expires when a run could no longer start in time: a Beat that fired while every
-    maintenance worker was down must not leave a pile of runs to replay when one comes back.
+    maintenance worker was down must not leave a pile of runs to replay when one comes back. On a
+    crontab that is two hard time limits: one for the other task's run, whose lock this one may
+    meet and wait out (retries keep the first message's expiry), and one for its own.
     """
     check_timezone(settings)
     cfg = settings.schedule
     entries = {}
     for name, when in schedules(settings).items():
-        expires_s = cfg.interval_s if cfg.interval_s > 0 else cfg.soft_time_limit_s
+        expires_s = cfg.interval_s if cfg.interval_s > 0 else 2 * cfg.time_limit_s
         entries[name] = {
             "task": name,
             "schedule": when,

@@ -40,8 +40,8 @@ LOCK_RETRY_S = 60  # how long a run that met the lock waits before it tries agai
 class Deadline:
     """The soft limit, seen from inside the task: stop between steps before Celery interrupts.
 
-    The margin (10% of the soft limit, at most a minute) leaves time to record the run and release
-    the lock; `SoftTimeLimitExceeded` remains the backstop for a step that overruns it.
+    The margin (10% of the soft limit, within 2 s to a minute) leaves time to record the run and
+    release the lock; `SoftTimeLimitExceeded` remains the backstop for a step that overruns it.
     """
 
     started: float
@@ -49,7 +49,7 @@ class Deadline:
 
     @property
     def margin_s(self) -> float:
-        return min(60.0, self.soft_limit_s * 0.1)
+        return min(60.0, max(2.0, self.soft_limit_s * 0.1))
 
     def near(self) -> bool:
         return time.monotonic() >= self.started + self.soft_limit_s - self.margin_s

@@ -27,6 +27,7 @@ def test_default_is_both_tasks_daily_at_two_on_the_maintenance_queue() -> None:
         assert entry["schedule"] == crontab(hour=2, minute=0)
         assert entry["options"]["queue"] == "maintenance"
         assert entry["kwargs"] == {"started_by": "beat"}
+        assert entry["options"]["expires"] == 7200.0  # room to wait out the other task's run
 
 
 @pytest.mark.parametrize(("text", "expected"), [

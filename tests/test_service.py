@@ -12,11 +12,15 @@ import pytest
 import redis
 import sqlalchemy as sa
 from celery import Celery
+from celery.exceptions import SoftTimeLimitExceeded
 from celery.result import AsyncResult
 
 from maintenance.adapters.history import HistoryStore
+from maintenance.cleanup import CleanupService, RunOptions
+from maintenance.config import Settings
 from maintenance.demo.schema import new_id, tasks, utcnow
 from maintenance.schedule import CLEANUP_EXPIRED_TASKS, SCAN_ORPHANS
+from maintenance.services import open_services
 from tests.conftest import wait_for, write_config
 from tests.service_procs import maintenance_beat, maintenance_worker
 
@@ -127,5 +131,28 @@ def test_soft_time_limit_records_partial_and_a_run_meeting_the_lock_retries(
         redis_client.delete(LOCK)
     (run,) = finished_runs(engine, "scan_orphans")
     assert run["outcome"] == "partial" and run["counts"]["done"] == {}
+    assert run["counts"]["found"]["orphan"] == 1 and "time limit near" in run["error"]
     assert run["started_by"].startswith("test via ")
     assert orphans <= queued_ids(redis_client)
+
+
+def test_soft_time_limit_exception_mid_run_records_partial_and_releases_the_lock(
+        settings: Settings, engine: sa.Engine, producer: Celery,
+        redis_client: redis.Redis) -> None:
+    """The backstop: SoftTimeLimitExceeded raised inside a run still leaves a partial record."""
+    story(engine, producer, live=2, deleted=1)
+
+    def interrupt(_wait_s: float, _findings: int) -> None:  # Celery raises it from a signal
+        raise SoftTimeLimitExceeded()
+
+    options = RunOptions(mode="scan_orphans", started_by="test", on_wait=interrupt,
+                         interrupted_by=(SoftTimeLimitExceeded,))
+    services = open_services(settings)
+    try:
+        with pytest.raises(SoftTimeLimitExceeded):
+            CleanupService(services).run(options)
+    finally:
+        services.close()
+    (run,) = finished_runs(engine)
+    assert run["outcome"] == "partial" and run["error"] == "interrupted: SoftTimeLimitExceeded"
+    assert not redis_client.exists(LOCK)
