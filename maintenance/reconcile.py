@@ -1,17 +1,18 @@
 """The reconciliation scan: stream Redis in chunks, look rows up in batches, diff, report.
 
-Database look-ups run on a helper thread while the main thread reads and parses the next chunk,
-so Redis round trips, parsing and queries overlap. At most two batches are in flight, which keeps
-memory bounded by the batch size rather than the queue length.
+Three threads overlap their waits: the main one reads and parses the queues, a helper looks rows
+up (scan_batches), and the result keys, which need no database, are read on a third while the
+workers answer and the queues stream. Python work still shares one core (the GIL); what overlaps
+is the time spent waiting for Redis, PostgreSQL and the workers.
 """
 
 from __future__ import annotations
 
+import threading
 import time
-from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 
 import structlog
 
@@ -20,14 +21,14 @@ from maintenance.adapters.redis_reader import RedisReader
 from maintenance.adapters.workers import WorkerControl
 from maintenance.config import Settings
 from maintenance.core.bindings import BindingTable
-from maintenance.core.diff import Lookup, LostTracker, judge_message, judge_result
-from maintenance.core.envelope import parse_list_element, parse_unacked_entry
+from maintenance.core.diff import LostTracker, judge_result
+from maintenance.core.envelope import parse_unacked_entry
 from maintenance.core.models import Finding, FindingKind, Location, Message, Where
 from maintenance.core.report import ScanReport, place_name
+from maintenance.scan_batches import LookupBatcher
 
 log = structlog.get_logger(__name__)
 Progress = Callable[[str, int, int | None], None]
-MAX_IN_FLIGHT = 2
 LOGGED_FINDINGS_MAX = 1000  # one line per orphan in the log file, up to this many
 
 
@@ -48,20 +49,29 @@ class Reconciler:
         report = ScanReport(started_at=self.clock(), only=only)
         self.db.validate()
         lost = self._lost_tracker(report)
-        held = self._scan_workers(report)
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="db-lookup") as pool:
-            batcher = _Batcher(self, report, pool, lost, only,
-                               held_ids={m.task_id for m in held if m.task_id})
-            self._scan_queues(batcher)
-            self._scan_unacked(batcher)
-            # A task a worker holds is usually also in Redis (unacked, or queued again): judge it
-            # once, at its Redis location, which is the one a cleanup can act on.
-            for msg in held:
-                if msg.task_id not in batcher.seen_held:
-                    batcher.add(msg)
-            batcher.flush()
-        if results:
-            self._scan_results(report, only)
+        stop = threading.Event()
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="results") as side, \
+                ThreadPoolExecutor(max_workers=1, thread_name_prefix="db-lookup") as pool:
+            try:
+                found = _ResultScan()
+                job = side.submit(self._scan_results, found, only, stop) if results else None
+                held = self._scan_workers(report)
+                batcher = LookupBatcher(self.db, self.bindings, report, pool, lost, only,
+                                        batch_size=self.settings.database.batch_size,
+                                        clock=self.clock,
+                                        held_ids={m.task_id for m in held if m.task_id})
+                self._scan_queues(batcher)
+                self._scan_unacked(batcher)
+                # A task a worker holds is usually also in Redis (unacked, or queued again):
+                # judge it once, at its Redis location, which is the one a cleanup can act on.
+                for msg in held:
+                    if msg.task_id not in batcher.seen_held:
+                        batcher.add(msg)
+                batcher.flush()
+                if job is not None:
+                    self._merge_results(report, job, found)
+            finally:
+                stop.set()  # on failure: the result scan stops at its next chunk
         if report.lost_checked:
             report.findings.extend(f for f in lost.findings(self.clock())
                                    if only is None or only in (f.db_id, f.task_id))
@@ -88,22 +98,20 @@ class Reconciler:
         report.workers, report.workers_inspected = view.workers, True
         return view.messages
 
-    def _scan_queues(self, batcher: _Batcher) -> None:
+    def _scan_queues(self, batcher: LookupBatcher) -> None:
         layout = self.reader.layout
         for queue in self.settings.scan.queues:
             keys = layout.queue_keys(queue)
             lengths = self.reader.list_lengths([key for _, key in keys])
             for band, key in keys:
                 total, done = lengths[key], 0
+                place = Location(Where.QUEUE, queue=queue, priority=band, key=key)
                 for start, chunk in self.reader.iter_list(key):
-                    for offset, raw in enumerate(chunk):
-                        location = Location(Where.QUEUE, queue=queue, priority=band, key=key,
-                                            index=start + offset)
-                        batcher.add(parse_list_element(raw, location, self.bindings))
+                    batcher.add_queued(chunk, start, place)
                     done += len(chunk)
                     self.progress(f"queue {place_name(Where.QUEUE, queue, band)}", done, total)
 
-    def _scan_unacked(self, batcher: _Batcher) -> None:
+    def _scan_unacked(self, batcher: LookupBatcher) -> None:
         layout = self.reader.layout
         done = 0
         for chunk in self.reader.iter_unacked():
@@ -115,19 +123,37 @@ class Reconciler:
             done += len(chunk)
             self.progress("unacked", done, None)
 
-    def _scan_results(self, report: ScanReport, only: str | None) -> None:
-        now, retention_s = self.clock(), self.settings.scan.result_retention_h * 3600
+    def _scan_results(self, found: _ResultScan, only: str | None,
+                      stop: threading.Event) -> _ResultScan:
+        """On its own thread: touches only `found`, never the report."""
+        retention_s = self.settings.scan.result_retention_h * 3600
         for chunk in self.reader.iter_results():
-            report.results_scanned += len(chunk)
+            if stop.is_set():
+                break
+            now = self.clock()
+            found.scanned += len(chunk)
             for meta in chunk:
                 if only is not None and meta.task_id != only:
                     continue
                 finding = judge_result(meta, now, retention_s)
                 if finding is not None:
-                    report.findings.append(finding)
+                    found.findings.append(finding)
                 elif only is not None:
-                    report.notes.append(f"result {meta.status} at {meta.key}")
-            self.progress("results", report.results_scanned, None)
+                    found.notes.append(f"result {meta.status} at {meta.key}")
+        return found
+
+    def _merge_results(self, report: ScanReport, job: Future[_ResultScan],
+                       found: _ResultScan) -> None:
+        """Wait for the result scan (showing its progress), then report it after the queues."""
+        while True:
+            try:
+                job.result(timeout=0.2)  # re-raises BrokerUnavailable: no verdict
+                break
+            except TimeoutError:
+                self.progress("results", found.scanned, None)
+        report.results_scanned = found.scanned
+        report.findings.extend(found.findings)
+        report.notes.extend(found.notes)
 
     def _log(self, report: ScanReport) -> None:
         orphans = report.of_kind(FindingKind.ORPHAN)
@@ -143,74 +169,10 @@ class Reconciler:
                  **report.counts())
 
 
-class _Batcher:
-    """Collects managed messages into look-up batches and judges them as look-ups complete."""
+@dataclass
+class _ResultScan:
+    """What the result-key scan found, filled on its own thread."""
 
-    def __init__(self, owner: Reconciler, report: ScanReport, pool: ThreadPoolExecutor,
-                 lost: LostTracker, only: str | None, held_ids: set[str] | None = None):
-        self.owner = owner
-        self.report = report
-        self.pool = pool
-        self.lost = lost
-        self.only = only
-        self.held_ids = held_ids or set()  # task ids live workers reported
-        self.seen_held: set[str] = set()  # ... of which these were also found in Redis
-        self.batch: list[Message] = []
-        self.in_flight: deque[tuple[list[Message], Future[Lookup]]] = deque()
-        self.batch_size = owner.settings.database.batch_size
-
-    def add(self, msg: Message) -> None:
-        self.lost.saw(msg)
-        if msg.task_id in self.held_ids and msg.location.where is not Where.WORKER:
-            self.seen_held.add(msg.task_id)
-        if self.only is not None and self.only not in (msg.task_id, msg.db_id):
-            return
-        loc = msg.location
-        stats = self.report.place(place_name(loc.where, loc.queue, loc.priority))
-        stats.messages += 1
-        if msg.problem is None and msg.db_id is None:
-            stats.unmanaged += 1
-            if self.only is not None:
-                self.report.notes.append(f"unmanaged task {msg.task_name} at {loc.describe()}")
-            return
-        stats.managed += 1
-        self.batch.append(msg)
-        if len(self.batch) >= self.batch_size:
-            self._submit()
-
-    def _submit(self) -> None:
-        batch, self.batch = self.batch, []
-        task_ids = {m.db_id for m in batch if m.db_id and m.row_kind == "task"}
-        sub_ids = {m.db_id for m in batch if m.db_id and m.row_kind == "sub_task"}
-        future = self.pool.submit(self.owner.db.lookup, task_ids, sub_ids)
-        self.in_flight.append((batch, future))
-        while len(self.in_flight) > MAX_IN_FLIGHT:
-            self._judge(*self.in_flight.popleft())
-
-    def flush(self) -> None:
-        if self.batch:
-            self._submit()
-        while self.in_flight:
-            self._judge(*self.in_flight.popleft())
-
-    def _judge(self, batch: Iterable[Message], future: Future[Lookup]) -> None:
-        lookup = future.result()  # re-raises DatabaseUnavailable: no verdict on this batch
-        now = self.owner.clock()
-        for msg in batch:
-            finding = judge_message(msg, lookup)
-            if finding is None:
-                if self.only is not None:
-                    self.report.notes.append(f"present at {msg.location.describe()}: row ok")
-                continue
-            if msg.taken_at is not None:
-                finding = replace(finding, age_s=max(0.0, now - msg.taken_at))
-            self._count(finding)
-            self.report.findings.append(finding)
-
-    def _count(self, finding: Finding) -> None:
-        loc = finding.location
-        stats = self.report.place(place_name(loc.where, loc.queue, loc.priority))
-        if finding.kind is FindingKind.ORPHAN:
-            stats.orphans += 1
-        elif finding.kind is FindingKind.UNREADABLE:
-            stats.unreadable += 1
+    findings: list[Finding] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    scanned: int = 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Collection, Iterator
+from collections.abc import Set as AbstractSet
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -14,7 +15,7 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Engine
 
 from maintenance.config import Settings, SubTaskTableSettings, TaskTableSettings
-from maintenance.core.diff import Lookup
+from maintenance.core.diff import Lookup, Verdicts
 from maintenance.core.models import RowState, StuckRow
 from maintenance.errors import ConfigError, DatabaseUnavailable
 from maintenance.redaction import redact_text
@@ -167,6 +168,70 @@ class TaskDatabase:
             tasks = {k: v for k, v in found.items() if k in task_ids}
             parents = {k: v for k, v in found.items() if k in parent_ids}
         return Lookup(tasks=tasks, sub_tasks=subs, parents=parents, invalid=frozenset(invalid))
+
+    def verdicts(self, task_ids: AbstractSet[str], sub_task_ids: AbstractSet[str]) -> Verdicts:
+        """The scan's batch look-up. On PostgreSQL the task rows come from an anti-join that
+        returns only the missing and finished ones: live rows, nearly all of them, never leave
+        the database. Sub-task rows and their parents are fetched whole, as in `lookup`."""
+        if self.engine.dialect.name != "postgresql":
+            return Verdicts.build(task_ids, sub_task_ids, self.lookup(task_ids, sub_task_ids))
+        with database_errors("looking up task rows"), self.engine.connect() as conn:
+            subs: dict[str, RowState] = {}
+            parents: dict[str, RowState] = {}
+            invalid: set[str] = set()
+            cfg, sub_cfg = self.settings.tasks, self.settings.sub_tasks
+            if sub_task_ids:
+                subs, invalid = self._fetch(conn, self.sub_tasks, sub_cfg.id_column,
+                                            sub_cfg.status_column, sub_task_ids,
+                                            parent_column=sub_cfg.parent_column)
+                parent_ids = {row.parent_id for row in subs.values() if row.parent_id is not None}
+                parents, _ = self._fetch(conn, self.tasks, cfg.id_column, cfg.status_column,
+                                         parent_ids)
+            finished, not_live, bad = self._not_live(conn, task_ids)
+        lookup = Lookup(tasks=finished, sub_tasks=subs, parents=parents,
+                        invalid=frozenset(invalid | bad))
+        return Verdicts.build(task_ids, sub_task_ids, lookup, not_live_tasks=not_live)
+
+    def _not_live(self, conn: sa.Connection, task_ids: Collection[str],
+                  ) -> tuple[dict[str, RowState], set[str], set[str]]:
+        """(rows of finished tasks, ids whose row is missing or finished, ids that cannot be)."""
+        cfg = self.settings.tasks
+        table = self.tasks
+        id_col = table.c[cfg.id_column]
+        coerce = _Coercer.for_column(id_col)
+        by_value: dict[Any, list[str]] = {}
+        invalid = set()
+        for text in task_ids:
+            value = coerce(text)
+            if value is None:
+                invalid.add(text)
+            else:
+                by_value.setdefault(value, []).append(text)
+        status = table.c[cfg.status_column] if cfg.status_column else sa.null()
+        active = set(cfg.active_statuses)
+        array_type = postgresql.ARRAY(id_col.type)
+        ids = sa.cast(sa.bindparam("ids", type_=array_type), array_type)
+        wanted = sa.func.unnest(ids).table_valued(
+            sa.column("id", id_col.type)).render_derived(name="wanted")
+        gone = id_col.is_(None)
+        if cfg.status_column:
+            gone = sa.or_(gone, status.is_(None), status.not_in(list(active)))
+        query = (sa.select(wanted.c.id, id_col.is_not(None), status)
+                 .select_from(wanted.outerjoin(table, id_col == wanted.c.id)).where(gone))
+        rows: dict[str, RowState] = {}
+        not_live: set[str] = set()
+        values = list(by_value)
+        batch = self.settings.database.batch_size
+        for start in range(0, len(values), batch):
+            chunk = values[start:start + batch]
+            for row_id, found, state in conn.execute(query, {"ids": chunk}):
+                texts = by_value.get(coerce(str(row_id)), ())
+                not_live.update(texts)
+                if found:
+                    row = RowState(active=(state is None and not cfg.status_column)
+                                   or state in active, status="" if state is None else str(state))
+                    rows.update(dict.fromkeys(texts, row))
+        return rows, not_live, invalid
 
     def _fetch(self, conn: sa.Connection, table: sa.Table, id_column: str, status_column: str,
                ids: Collection[str], parent_column: str = "",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 
 from maintenance.core.models import (
@@ -41,13 +42,53 @@ def judge_message(msg: Message, lookup: Lookup) -> Finding | None:
     if msg.db_id in lookup.invalid:
         return _finding(msg, FindingKind.UNREADABLE, Reason.BAD_ID,
                         f"{msg.db_id!r} is not a valid id for the {msg.row_kind} table")
-    if msg.row_kind == "task":
-        reason = _row_verdict(lookup.tasks.get(msg.db_id), Reason.ROW_MISSING, Reason.ROW_FINISHED)
-    else:
-        reason = _sub_task_verdict(msg.db_id, lookup)
+    reason = row_verdict(msg.row_kind, msg.db_id, lookup)
     if reason is None:
         return None
     return _finding(msg, FindingKind.ORPHAN, reason, "")
+
+
+def row_verdict(row_kind: str, db_id: str, lookup: Lookup) -> Reason | None:
+    """Why the row behind a valid id is not live, or None when it is."""
+    if row_kind == "task":
+        return _row_verdict(lookup.tasks.get(db_id), Reason.ROW_MISSING, Reason.ROW_FINISHED)
+    return _sub_task_verdict(db_id, lookup)
+
+
+@dataclass(frozen=True)
+class Verdicts:
+    """One batch look-up as the scan uses it: the ids that are certainly fine, and the rest.
+
+    Fetching and holding a RowState for every live row would cost more than the rest of the
+    scan, so a look-up may return only the rows of the ids that are not fine. `lookup` holds
+    all that `judge_message` reads for those; an id for which `fine` is True needs no judging.
+    """
+
+    checked: Mapping[str, AbstractSet[str]]  # row kind -> the ids looked up
+    problems: AbstractSet[tuple[str, str]]  # (row kind, id) of rows not live, or invalid ids
+    lookup: Lookup
+
+    def fine(self, row_kind: str, db_id: str) -> bool:
+        checked = self.checked.get(row_kind)
+        return checked is not None and db_id in checked and (row_kind, db_id) not in self.problems
+
+    @classmethod
+    def build(cls, task_ids: AbstractSet[str], sub_task_ids: AbstractSet[str], lookup: Lookup,
+              not_live_tasks: AbstractSet[str] | None = None) -> Verdicts:
+        """`not_live_tasks`: the task ids whose rows are missing or finished, when
+        `lookup.tasks` holds only those rows; None when it holds every row found."""
+
+        def problem(row_kind: str, db_id: str) -> bool:
+            if db_id in lookup.invalid:
+                return True
+            if row_kind == "task" and not_live_tasks is not None:
+                return db_id in not_live_tasks
+            return row_verdict(row_kind, db_id, lookup) is not None
+
+        checked = {"task": task_ids, "sub_task": sub_task_ids}
+        problems = frozenset((kind, db_id) for kind, ids in checked.items() for db_id in ids
+                             if problem(kind, db_id))
+        return cls(checked, problems, lookup)
 
 
 def judge_messages(messages: Iterable[Message], lookup: Lookup) -> list[Finding]:
@@ -78,14 +119,17 @@ def _finding(msg: Message, kind: FindingKind, reason: Reason, detail: str) -> Fi
 def judge_result(meta: ResultMeta, now: float, retention_s: float) -> Finding | None:
     """Stale when finished longer ago than the retention, or when the key never expires."""
     age = None if meta.date_done is None else max(0.0, now - meta.date_done)
-    location = Location(Where.RESULT, key=meta.key, state=meta.status)
     if age is not None and age > retention_s:
         return Finding(FindingKind.STALE_RESULT, Reason.RESULT_EXPIRED, meta.task_id, "", None,
-                       location, age_s=age)
+                       _result_location(meta), age_s=age)
     if meta.ttl_s == -1:
         return Finding(FindingKind.STALE_RESULT, Reason.RESULT_NO_TTL, meta.task_id, "", None,
-                       location, age_s=age, detail="key has no expiry")
+                       _result_location(meta), age_s=age, detail="key has no expiry")
     return None
+
+
+def _result_location(meta: ResultMeta) -> Location:
+    return Location(Where.RESULT, key=meta.key, state=meta.status)
 
 
 class LostTracker:
@@ -108,11 +152,14 @@ class LostTracker:
         return len(self._rows)
 
     def saw(self, msg: Message) -> None:
+        self.saw_ids(msg.row_kind, msg.db_id, msg.task_id)
+
+    def saw_ids(self, row_kind: str, db_id: str | None, task_id: str) -> None:
         if not self._rows:
             return
-        if msg.db_id is not None:
-            self._rows.pop((msg.row_kind, msg.db_id), None)
-        key = self._by_celery_id.pop(msg.task_id, None)
+        if db_id is not None:
+            self._rows.pop((row_kind, db_id), None)
+        key = self._by_celery_id.pop(task_id, None)
         if key is not None:
             self._rows.pop(key, None)
 

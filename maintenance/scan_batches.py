@@ -1,0 +1,154 @@
+"""Look-up batches of the scan: collect managed messages, look their rows up on a helper thread,
+judge each batch when its look-up completes.
+
+Database look-ups run on the helper thread while the main thread reads and parses the next chunk,
+so Redis round trips, parsing and queries overlap. At most two batches are in flight, which keeps
+memory bounded by the batch size rather than the queue length.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import replace
+
+from maintenance.adapters.database import TaskDatabase
+from maintenance.core.bindings import BindingTable
+from maintenance.core.diff import LostTracker, Verdicts, judge_message
+from maintenance.core.envelope import parse_list_element, quick_read
+from maintenance.core.models import Finding, FindingKind, Location, Message, Where
+from maintenance.core.report import ScanReport, place_name
+
+MAX_IN_FLIGHT = 2
+# A queued message read the quick way: (row kind, database id, raw bytes, place, list index).
+# Only the few that turn out not fine are read again in full, for their finding.
+Queued = tuple[str, str, bytes, Location, int]
+
+
+class LookupBatcher:
+    """Collects managed messages into look-up batches and judges them as look-ups complete."""
+
+    def __init__(self, db: TaskDatabase, bindings: BindingTable, report: ScanReport,
+                 pool: ThreadPoolExecutor, lost: LostTracker, only: str | None, *,
+                 batch_size: int, clock: Callable[[], float],
+                 held_ids: set[str] | None = None):
+        self.db = db
+        self.bindings = bindings
+        self.report = report
+        self.pool = pool
+        self.lost = lost
+        self.only = only
+        self.batch_size = batch_size
+        self.clock = clock
+        self.held_ids = held_ids or set()  # task ids live workers reported
+        self.seen_held: set[str] = set()  # ... of which these were also found in Redis
+        self.batch: list[Message | Queued] = []
+        self.in_flight: deque[tuple[list[Message | Queued], Future[Verdicts]]] = deque()
+
+    def add(self, msg: Message) -> None:
+        self.lost.saw(msg)
+        if msg.task_id in self.held_ids and msg.location.where is not Where.WORKER:
+            self.seen_held.add(msg.task_id)
+        if self.only is not None and self.only not in (msg.task_id, msg.db_id):
+            return
+        loc = msg.location
+        stats = self.report.place(place_name(loc.where, loc.queue, loc.priority))
+        stats.messages += 1
+        if msg.problem is None and msg.db_id is None:
+            stats.unmanaged += 1
+            if self.only is not None:
+                self.report.notes.append(f"unmanaged task {msg.task_name} at {loc.describe()}")
+            return
+        stats.managed += 1
+        self._append(msg)
+
+    def add_queued(self, chunk: list[bytes], start: int, place: Location) -> None:
+        """One chunk of a queue list, `start` being the list index of its first element.
+
+        Ordinary messages take the quick path: no Message or Location per message, which would
+        cost more than reading them. Anything unusual, and every message of a `--task-id` scan,
+        goes through `add` exactly as before.
+        """
+        if self.only is not None:
+            for offset, raw in enumerate(chunk):
+                self.add(self._full(raw, place, start + offset))
+            return
+        stats = self.report.place(place_name(place.where, place.queue, place.priority))
+        quick, bindings, lost, held = quick_read, self.bindings, self.lost, self.held_ids
+        for offset, raw in enumerate(chunk):
+            read = quick(raw, bindings)
+            if read is None:
+                self.add(self._full(raw, place, start + offset))
+                continue
+            task_id, row_kind, db_id = read
+            lost.saw_ids(row_kind, db_id, task_id)
+            if task_id in held:
+                self.seen_held.add(task_id)
+            stats.messages += 1
+            if db_id is None:
+                stats.unmanaged += 1
+                continue
+            stats.managed += 1
+            self._append((row_kind, db_id, raw, place, start + offset))
+
+    def _full(self, raw: bytes, place: Location, index: int) -> Message:
+        return parse_list_element(raw, replace(place, index=index), self.bindings)
+
+    def _append(self, item: Message | Queued) -> None:
+        self.batch.append(item)
+        if len(self.batch) >= self.batch_size:
+            self._submit()
+
+    def _submit(self) -> None:
+        batch, self.batch = self.batch, []
+        task_ids: set[str] = set()
+        sub_ids: set[str] = set()
+        for item in batch:
+            row_kind, db_id = ((item.row_kind, item.db_id) if isinstance(item, Message)
+                               else (item[0], item[1]))
+            if db_id and row_kind == "task":
+                task_ids.add(db_id)
+            elif db_id and row_kind == "sub_task":
+                sub_ids.add(db_id)
+        future = self.pool.submit(self.db.verdicts, task_ids, sub_ids)
+        self.in_flight.append((batch, future))
+        while len(self.in_flight) > MAX_IN_FLIGHT:
+            self._judge(*self.in_flight.popleft())
+
+    def flush(self) -> None:
+        if self.batch:
+            self._submit()
+        while self.in_flight:
+            self._judge(*self.in_flight.popleft())
+
+    def _judge(self, batch: Iterable[Message | Queued], future: Future[Verdicts]) -> None:
+        verdicts = future.result()  # re-raises DatabaseUnavailable: no verdict on this batch
+        now = self.clock()
+        for item in batch:
+            if isinstance(item, Message):
+                msg = item
+                fine = (msg.problem is None and msg.db_id is not None
+                        and verdicts.fine(msg.row_kind, msg.db_id))
+            else:
+                row_kind, db_id, raw, place, index = item
+                if verdicts.fine(row_kind, db_id):
+                    continue
+                msg, fine = self._full(raw, place, index), False  # its finding, read in full
+            finding = None if fine else judge_message(msg, verdicts.lookup)
+            if finding is None:
+                if self.only is not None:
+                    self.report.notes.append(f"present at {msg.location.describe()}: row ok")
+                continue
+            if msg.taken_at is not None:
+                finding = replace(finding, age_s=max(0.0, now - msg.taken_at))
+            self._count(finding)
+            self.report.findings.append(finding)
+
+    def _count(self, finding: Finding) -> None:
+        loc = finding.location
+        stats = self.report.place(place_name(loc.where, loc.queue, loc.priority))
+        if finding.kind is FindingKind.ORPHAN:
+            stats.orphans += 1
+        elif finding.kind is FindingKind.UNREADABLE:
+            stats.unreadable += 1
