@@ -1,0 +1,1 @@
+"""Benchmark of `task-cleanup check` against the naive approach (see bench_check.py)."""
