@@ -467,6 +467,7 @@ def test_tasks_held_by_a_worker(env: Env) -> None:
     assert live not in by_task_id(report)
 
 
+@pytest.mark.filterwarnings("ignore:Call to deprecated setex:DeprecationWarning")
 def test_global_keyprefix(env: Env) -> None:
     """With a global_keyprefix, queues, unacked and results are read under the app's prefix."""
     options = {"global_keyprefix": "app:"}

@@ -161,6 +161,7 @@ def test_layout_names_the_key_celery_writes(redis_url: str, redis_client: redis.
     assert lists == [expected]
 
 
+@pytest.mark.filterwarnings("ignore:Call to deprecated setex:DeprecationWarning")
 @pytest.mark.parametrize("prefix", ["", "app", "app:"])
 def test_result_layout_names_the_key_celery_writes(redis_url: str, redis_client: redis.Redis,
                                                    prefix: str) -> None:
