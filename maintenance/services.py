@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import redis
 from celery import Celery
+from celery.exceptions import ImproperlyConfigured
 
 from maintenance.adapters.celery_app import build_celery_app
 from maintenance.adapters.database import TaskDatabase, create_db_engine
@@ -46,7 +49,7 @@ def open_services(settings: Settings, app: Celery | None = None) -> Services:
         raise ConfigError("must be a redis://, rediss://, unix:// or sentinel:// URL",
                           key="redis.broker_url", source=settings.source)
     closers: list[Any] = []
-    with broker_errors("connecting to the broker"):
+    with _url_errors("redis.broker_url", settings), broker_errors("connecting to the broker"):
         connection = app.connection_for_read()
         closers.append(connection.release)
         channel = connection.default_channel  # connects and pings
@@ -54,6 +57,9 @@ def open_services(settings: Settings, app: Celery | None = None) -> Services:
         # A plain client over kombu's own pool: same URL handling (TLS, sockets, sentinel),
         # and key names that we prefix ourselves from the layout.
         broker = redis.Redis(connection_pool=channel.pool)
+    results_key = "redis.result_backend_url" if settings.redis.result_backend_url else (
+        "redis.broker_url")
+    with _url_errors(results_key, settings), broker_errors("connecting to the result backend"):
         backend = app.backend
         results = backend.client
         result_layout = ResultLayout(task_keyprefix=_text(backend.task_keyprefix))
@@ -65,6 +71,15 @@ def open_services(settings: Settings, app: Celery | None = None) -> Services:
     workers = WorkerControl(app, timeout_s=settings.scan.inspect_timeout_s)
     return Services(settings, app, broker, results, layout, result_layout,
                     OwnKeys(settings.cleanup.key_prefix), db, reader, workers, closers)
+
+
+@contextmanager
+def _url_errors(key: str, settings: Settings) -> Iterator[None]:
+    """kombu and Celery reject a malformed URL (bad port, database, scheme) as a config error."""
+    try:
+        yield
+    except (ValueError, ImproperlyConfigured) as exc:
+        raise ConfigError(f"invalid URL: {exc}", key=key, source=settings.source) from None
 
 
 def _text(value: str | bytes) -> str:

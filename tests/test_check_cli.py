@@ -429,6 +429,9 @@ def test_results_written_by_a_worker(env: Env) -> None:
     assert stale[results[persistent].id].location.state == "SUCCESS"
     assert summary(report) == {("stale_result", "result_expired", None),
                                ("stale_result", "result_no_ttl", None)}
+    one = env.scan(only=results[old].id)
+    assert [(f.task_id, f.reason) for f in one.findings] == [(results[old].id,
+                                                              Reason.RESULT_EXPIRED)]
 
 
 def test_tasks_held_by_a_worker(env: Env) -> None:
@@ -502,6 +505,24 @@ def test_global_keyprefix(env: Env) -> None:
     assert set(by_task_id(plain)) == {foreign}
 
 
+@pytest.mark.filterwarnings("ignore:Call to deprecated setex:DeprecationWarning")
+def test_results_on_their_own_backend(env: Env) -> None:
+    """Results are read from the result backend's URL when it differs from the broker's."""
+    results_url = env.redis_url.rsplit("/", 1)[0] + "/3"
+    app = env.producer()
+    app.conf.result_backend = results_url
+    app.backend.store_result(task_id := new_id(), 1, "SUCCESS")
+    backend = redis.Redis.from_url(results_url)
+    backend.persist(f"celery-task-meta-{task_id}")
+    backend.close()
+    assert env.scan().findings == []  # broker database only: nothing there
+    env.config["redis"]["result_backend_url"] = results_url
+    report = env.scan()
+    assert report.results_scanned == 1
+    assert [(f.task_id, f.reason) for f in report.findings] == [(task_id,
+                                                                 Reason.RESULT_NO_TTL)]
+
+
 # -- the command line ------------------------------------------------------------------------
 
 
@@ -531,6 +552,13 @@ def test_exit_codes_and_summary(env: Env) -> None:
     line = next(line for line in verbose.stdout.splitlines() if orphan in line)
     assert line.startswith("orphan") and "row_missing" in line
     assert "at queue video_processing priority 3" in line
+
+    # Every run leaves JSON lines in the log file, orphans marked as in the seed.
+    log_file = env.tmp_path / "logs" / "task_cleanup.log"
+    events = [json.loads(line) for line in log_file.read_text().splitlines()]
+    marked = [e for e in events if e["event"] == "⚠️ orphan found"]
+    assert [e["task_id"] for e in marked] == [orphan, orphan]  # two inconsistent runs
+    assert sum(e["event"] == "scan finished" for e in events) == 3
 
 
 def test_json_report(env: Env) -> None:
@@ -603,6 +631,16 @@ def test_check_one_task(env: Env) -> None:
          "column 'job_id' does not exist"),
         (lambda c: c["bindings"].append({"task": "x", "id_from": "arg[0]"}), "bindings[3]",
          "'id_from'"),
+        (lambda c: c["redis"].update(broker_url="amqp://guest@localhost//"), "redis.broker_url",
+         "redis://"),
+        (lambda c: c["redis"].update(broker_url="redis://127.0.0.1:abc/0"), "redis.broker_url",
+         "invalid URL"),
+        (lambda c: c["redis"].update(broker_url=c["redis"]["broker_url"][:-1] + "x"),
+         "redis.broker_url", "invalid URL"),
+        (lambda c: c["redis"].update(result_backend_url="amqp://x"),
+         "redis.result_backend_url", "invalid URL"),
+        (lambda c: c["database"].update(url="postgresql://u@127.0.0.1:abc/x"), "database.url",
+         "invalid database URL"),
     ],
 )
 def test_bad_config(env: Env, change: Callable[[dict[str, Any]], None], key: str,

@@ -44,7 +44,7 @@ def create_db_engine(settings: Settings) -> Engine:
                       connect_args={"connect_timeout": int(db.connect_timeout_s)})
     try:
         return sa.create_engine(db.url, **kwargs)
-    except (sa.exc.ArgumentError, ImportError) as exc:
+    except (sa.exc.ArgumentError, ImportError, ValueError) as exc:  # ValueError: bad port
         raise ConfigError(f"invalid database URL: {exc}", key="database.url",
                           source=settings.source) from None
 
