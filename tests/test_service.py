@@ -103,7 +103,8 @@ def test_two_workers_and_beat_never_overlap_runs(
     spans = sorted((r["started_at"], r["finished_at"]) for r in runs)
     for (_, end), (start, _) in itertools.pairwise(spans):
         assert start >= end, f"overlapping runs: {spans}"
-    assert {r["mode"] for r in runs} == {"scan_orphans", "cleanup_expired_tasks"}
+    # Which task wins the lock at each firing is a race: only the absence of overlap is certain.
+    assert {r["mode"] for r in runs} <= {"scan_orphans", "cleanup_expired_tasks"}
     assert {r["started_by"].split(" via ")[1].split("-")[0] for r in runs} <= {"m1", "m2"}
     assert not redis_client.exists(LOCK)
 
