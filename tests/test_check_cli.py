@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pexpect
 import pytest
 import redis
 import sqlalchemy as sa
@@ -760,3 +761,19 @@ def test_database_stopped_mid_scan(tmp_path: Path, redis_url: str, redis_client:
     assert done.stdout == ""
     assert "database failed while looking up task rows" in done.stderr
     assert "No verdict" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_progress_on_a_terminal(env: Env) -> None:
+    """On a terminal a long scan shows its progress per queue; piped, stderr stays quiet."""
+    fill_queue(env, 20_000)
+    child = pexpect.spawn(sys.executable, ["-m", "maintenance.cli.main", "--config",
+                                           str(env.path), "check", "--no-results"],
+                          cwd=str(ROOT), encoding="utf-8", timeout=60)
+    child.expect(r"queue video_processing: [\d,]+ / 20,000 \(")
+    child.expect("Scan INCONSISTENT: 20,000 managed messages")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 1
+    piped = env.cli("check", "--no-results")
+    assert piped.returncode == 1
+    assert "20,000 /" not in piped.stderr
