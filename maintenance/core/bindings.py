@@ -30,15 +30,22 @@ class Binding:
         """The bound database id, or `None` when the message does not carry it."""
         if self.id_from == "task_id":
             return task_id
-        if m := ARG_PATTERN.match(self.id_from):
-            index = int(m.group(1))
+        index, name = _accessor(self.id_from)
+        if index is not None:
             if isinstance(args, list | tuple) and index < len(args):
                 return args[index]
             return None
-        name = self.id_from.split(".", 1)[1]
         if isinstance(kwargs, dict):
             return kwargs.get(name)
         return None
+
+
+@lru_cache(maxsize=256)
+def _accessor(id_from: str) -> tuple[int | None, str]:
+    """(args index, kwargs name) of an `id_from`: parsed once, not once per message."""
+    if m := ARG_PATTERN.match(id_from):
+        return int(m.group(1)), ""
+    return None, id_from.split(".", 1)[1]
 
 
 def parse_binding(entry: dict[str, Any]) -> Binding:
