@@ -9,3 +9,4 @@ class ExitCode(IntEnum):
     USAGE = 2  # bad command line or bad configuration: nothing was read or changed
     UNAVAILABLE = 3  # Redis or the database failed: no verdict, nothing further changed
     LOCKED = 4  # another maintenance run holds the lock
+    INTERNAL = 70  # a bug of ours (EX_SOFTWARE): never confused with "inconsistencies found"

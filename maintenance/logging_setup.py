@@ -34,6 +34,7 @@ def configure_logging(log_dir: str | Path, level: str = "INFO", console_level: s
 
     `extra_files` maps a logger name to a file name in `log_dir` (e.g. `celery` -> worker log).
     """
+    level, console_level = level.upper(), console_level.upper()
     directory = Path(log_dir)
     directory.mkdir(parents=True, exist_ok=True)
     pre_chain = shared_processors()

@@ -8,10 +8,12 @@ is the time spent waiting for Redis, PostgreSQL and the workers.
 
 from __future__ import annotations
 
+import gc
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 
 import structlog
@@ -46,6 +48,10 @@ class Reconciler:
 
     def scan(self, only: str | None = None, results: bool = True) -> ScanReport:
         """Read-only. Raises BrokerUnavailable / DatabaseUnavailable: a failed scan, no verdict."""
+        with _gc_paused():
+            return self._scan(only, results)
+
+    def _scan(self, only: str | None, results: bool) -> ScanReport:
         report = ScanReport(started_at=self.clock(), only=only)
         self.db.validate()
         lost = self._lost_tracker(report)
@@ -75,6 +81,9 @@ class Reconciler:
         if report.lost_checked:
             report.findings.extend(f for f in lost.findings(self.clock())
                                    if only is None or only in (f.db_id, f.task_id))
+        if only is not None and not (report.places or report.findings or report.notes):
+            report.notes.append(f"{only} was found nowhere: not in the scanned queues, unacked, "
+                                "live workers or result keys")
         report.finished_at = self.clock()
         self._log(report)
         return report
@@ -167,6 +176,21 @@ class Reconciler:
         log.info("scan finished", duration_s=round(report.finished_at - report.started_at, 3),
                  managed=report.managed_messages, results=report.results_scanned,
                  **report.counts())
+
+
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    """The scan allocates millions of short-lived containers and keeps a growing list of
+    findings; the cyclic GC would walk that list again and again (a third of the CPU time at a
+    million messages) to find cycles the scan does not make. Reference counting still frees
+    everything as usual."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 @dataclass

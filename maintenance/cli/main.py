@@ -9,6 +9,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+import structlog
+
 from maintenance.config import Settings, load_settings, resolve_config_path
 from maintenance.errors import ConfigError, LockHeld, PlanRefused, UnavailableError
 from maintenance.exit_codes import ExitCode
@@ -51,6 +53,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(ExitCode.FINDINGS, f"refused: {exc}")
     except KeyboardInterrupt:
         return _fail(130, "interrupted")
+    except Exception as exc:  # a bug of ours: keep the traceback in the log, not on the screen
+        structlog.get_logger(__name__).exception("internal error")
+        return _fail(ExitCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc} "
+                                        "(traceback in the log file)")
 
 
 def _configure_logging(settings: Settings, args: argparse.Namespace) -> None:
