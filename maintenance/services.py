@@ -36,9 +36,7 @@ class Services:
     _closers: list[Any] = field(default_factory=list)
 
     def close(self) -> None:
-        for closer in reversed(self._closers):
-            with contextlib.suppress(Exception):  # best effort on shutdown
-                closer()
+        _close_all(self._closers)
 
 
 def open_services(settings: Settings, app: Celery | None = None) -> Services:
@@ -49,6 +47,20 @@ def open_services(settings: Settings, app: Celery | None = None) -> Services:
         raise ConfigError("must be a redis://, rediss://, unix:// or sentinel:// URL",
                           key="redis.broker_url", source=settings.source)
     closers: list[Any] = []
+    try:
+        return _connect(settings, app, closers)
+    except BaseException:
+        _close_all(closers)  # release what was opened before the failure (long-lived workers)
+        raise
+
+
+def _close_all(closers: list[Any]) -> None:
+    for closer in reversed(closers):
+        with contextlib.suppress(Exception):  # best effort on the way out
+            closer()
+
+
+def _connect(settings: Settings, app: Celery, closers: list[Any]) -> Services:
     with _url_errors("redis.broker_url", settings), broker_errors("connecting to the broker"):
         connection = app.connection_for_read()
         closers.append(connection.release)
