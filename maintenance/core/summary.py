@@ -98,9 +98,17 @@ class ScanSummary:
 
 
 def top_findings(findings: list[Finding], limit: int = TOP_FINDINGS) -> list[Finding]:
-    """Orphans first (they are what cleanup acts on), then lost rows, unreadable, stale results."""
-    ranked = sorted(enumerate(findings), key=lambda pair: (_KIND_ORDER[pair[1].kind], pair[0]))
-    return [finding for _, finding in ranked[:limit]]
+    """Orphans first (they are what cleanup acts on), then lost rows, unreadable, stale results.
+
+    One pass keeping the first `limit` of each kind, in report order: sorting a million-message
+    scan's few hundred thousand findings to keep twenty took most of a second."""
+    firsts: dict[FindingKind, list[Finding]] = {}
+    for finding in findings:
+        kept = firsts.setdefault(finding.kind, [])
+        if len(kept) < limit:
+            kept.append(finding)
+    ranked = [f for kind in sorted(firsts, key=_KIND_ORDER.__getitem__) for f in firsts[kind]]
+    return ranked[:limit]
 
 
 def trend(latest: ScanSummary | None, previous: ScanSummary | None) -> dict[str, int | None]:
