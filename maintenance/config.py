@@ -35,7 +35,7 @@ class RedisSettings:
     retry_on_timeout: bool = True
     socket_timeout_s: float = 30.0
     chunk_size: int = 1000  # list elements / keys per Redis call
-    pipeline_depth: int = 10  # calls per round trip
+    pipeline_depth: int = 2  # LRANGE calls per round trip: deeper costs Redis more CPU
 
     @property
     def results_url(self) -> str:
