@@ -56,13 +56,15 @@ class Reconciler:
         self.db.validate()
         lost = self._lost_tracker(report)
         stop = threading.Event()
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="results") as side, \
+        # Exits run in reverse: the look-up thread finishes before its connection closes.
+        with self.db.pinned_verdicts() as verdicts, \
+                ThreadPoolExecutor(max_workers=1, thread_name_prefix="results") as side, \
                 ThreadPoolExecutor(max_workers=1, thread_name_prefix="db-lookup") as pool:
             try:
                 found = _ResultScan()
                 job = side.submit(self._scan_results, found, only, stop) if results else None
                 held = self._scan_workers(report)
-                batcher = LookupBatcher(self.db, self.bindings, report, pool, lost, only,
+                batcher = LookupBatcher(verdicts, self.bindings, report, pool, lost, only,
                                         batch_size=self.settings.database.batch_size,
                                         clock=self.clock,
                                         held_ids={m.task_id for m in held if m.task_id})

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Iterable
+from collections.abc import Set as AbstractSet
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
 
-from maintenance.adapters.database import TaskDatabase
 from maintenance.core.bindings import BindingTable
 from maintenance.core.diff import LostTracker, Verdicts, judge_message
 from maintenance.core.envelope import parse_list_element, quick_read
@@ -24,16 +24,17 @@ MAX_IN_FLIGHT = 2
 # A queued message read the quick way: (row kind, database id, raw bytes, place, list index).
 # Only the few that turn out not fine are read again in full, for their finding.
 Queued = tuple[str, str, bytes, Location, int]
+LookUp = Callable[[AbstractSet[str], AbstractSet[str]], Verdicts]  # (task ids, sub-task ids)
 
 
 class LookupBatcher:
     """Collects managed messages into look-up batches and judges them as look-ups complete."""
 
-    def __init__(self, db: TaskDatabase, bindings: BindingTable, report: ScanReport,
+    def __init__(self, verdicts: LookUp, bindings: BindingTable, report: ScanReport,
                  pool: ThreadPoolExecutor, lost: LostTracker, only: str | None, *,
                  batch_size: int, clock: Callable[[], float],
                  held_ids: set[str] | None = None):
-        self.db = db
+        self.verdicts = verdicts  # runs on the `pool` thread
         self.bindings = bindings
         self.report = report
         self.pool = pool
@@ -111,7 +112,7 @@ class LookupBatcher:
                 task_ids.add(db_id)
             elif db_id and row_kind == "sub_task":
                 sub_ids.add(db_id)
-        future = self.pool.submit(self.db.verdicts, task_ids, sub_ids)
+        future = self.pool.submit(self.verdicts, task_ids, sub_ids)
         self.in_flight.append((batch, future))
         while len(self.in_flight) > MAX_IN_FLIGHT:
             self._judge(*self.in_flight.popleft())

@@ -5,9 +5,10 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Collection, Iterator
 from collections.abc import Set as AbstractSet
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
@@ -169,13 +170,29 @@ class TaskDatabase:
             parents = {k: v for k, v in found.items() if k in parent_ids}
         return Lookup(tasks=tasks, sub_tasks=subs, parents=parents, invalid=frozenset(invalid))
 
-    def verdicts(self, task_ids: AbstractSet[str], sub_task_ids: AbstractSet[str]) -> Verdicts:
+    @contextmanager
+    def pinned_verdicts(self) -> Iterator[Callable[[AbstractSet[str], AbstractSet[str]],
+                                                  Verdicts]]:
+        """`verdicts` on one connection for a whole scan. A check-out per batch costs a ping and
+        a rollback round trip, and in the scan's busy process each round trip also waits for
+        the GIL: that made the look-up thread, not PostgreSQL, the bottleneck."""
+        with database_errors("connecting to the database"):
+            conn = self.engine.connect()
+        try:
+            yield partial(self.verdicts, conn=conn)
+        finally:
+            with suppress(sa.exc.SQLAlchemyError, OSError):  # it may be the connection that broke
+                conn.close()
+
+    def verdicts(self, task_ids: AbstractSet[str], sub_task_ids: AbstractSet[str],
+                 conn: sa.Connection | None = None) -> Verdicts:
         """The scan's batch look-up. On PostgreSQL the task rows come from an anti-join that
         returns only the missing and finished ones: live rows, nearly all of them, never leave
         the database. Sub-task rows and their parents are fetched whole, as in `lookup`."""
         if self.engine.dialect.name != "postgresql":
             return Verdicts.build(task_ids, sub_task_ids, self.lookup(task_ids, sub_task_ids))
-        with database_errors("looking up task rows"), self.engine.connect() as conn:
+        with database_errors("looking up task rows"), \
+                (nullcontext(conn) if conn is not None else self.engine.connect()) as conn:
             subs: dict[str, RowState] = {}
             parents: dict[str, RowState] = {}
             invalid: set[str] = set()
