@@ -16,14 +16,14 @@ from dataclasses import replace
 
 from maintenance.core.bindings import BindingTable
 from maintenance.core.diff import LostTracker, Verdicts, judge_message
-from maintenance.core.envelope import parse_list_element, quick_read
+from maintenance.core.envelope import Quick, parse_list_element, quick_message, quick_read
 from maintenance.core.models import Finding, FindingKind, Location, Message, Where
 from maintenance.core.report import ScanReport, place_name
 
 MAX_IN_FLIGHT = 2
-# A queued message read the quick way: (row kind, database id, raw bytes, place, list index).
-# Only the few that turn out not fine are read again in full, for their finding.
-Queued = tuple[str, str, bytes, Location, int]
+# A queued message read the quick way: (what quick_read said, place, list index). Only the few
+# that turn out not fine become a Message, for their finding.
+Queued = tuple[Quick, Location, int]
 LookUp = Callable[[AbstractSet[str], AbstractSet[str]], Verdicts]  # (task ids, sub-task ids)
 
 
@@ -45,6 +45,8 @@ class LookupBatcher:
         self.held_ids = held_ids or set()  # task ids live workers reported
         self.seen_held: set[str] = set()  # ... of which these were also found in Redis
         self.batch: list[Message | Queued] = []
+        self.task_ids: set[str] = set()  # ... the ids in `batch`, to look up
+        self.sub_ids: set[str] = set()
         self.in_flight: deque[tuple[list[Message | Queued], Future[Verdicts]]] = deque()
 
     def add(self, msg: Message) -> None:
@@ -62,7 +64,7 @@ class LookupBatcher:
                 self.report.notes.append(f"unmanaged task {msg.task_name} at {loc.describe()}")
             return
         stats.managed += 1
-        self._append(msg)
+        self._append(msg, msg.row_kind, msg.db_id)
 
     def add_queued(self, chunk: list[bytes], start: int, place: Location) -> None:
         """One chunk of a queue list, `start` being the list index of its first element.
@@ -75,43 +77,42 @@ class LookupBatcher:
             for offset, raw in enumerate(chunk):
                 self.add(self._full(raw, place, start + offset))
             return
-        stats = self.report.place(place_name(place.where, place.queue, place.priority))
         quick, bindings, lost, held = quick_read, self.bindings, self.lost, self.held_ids
+        managed = unmanaged = 0
         for offset, raw in enumerate(chunk):
             read = quick(raw, bindings)
             if read is None:
                 self.add(self._full(raw, place, start + offset))
                 continue
-            task_id, row_kind, db_id = read
+            task_id, row_kind, db_id = read[0], read[1], read[2]
             lost.saw_ids(row_kind, db_id, task_id)
             if task_id in held:
                 self.seen_held.add(task_id)
-            stats.messages += 1
             if db_id is None:
-                stats.unmanaged += 1
+                unmanaged += 1
                 continue
-            stats.managed += 1
-            self._append((row_kind, db_id, raw, place, start + offset))
+            managed += 1
+            self._append((read, place, start + offset), row_kind, db_id)
+        stats = self.report.place(place_name(place.where, place.queue, place.priority))
+        stats.messages += managed + unmanaged
+        stats.managed += managed
+        stats.unmanaged += unmanaged
 
     def _full(self, raw: bytes, place: Location, index: int) -> Message:
         return parse_list_element(raw, replace(place, index=index), self.bindings)
 
-    def _append(self, item: Message | Queued) -> None:
+    def _append(self, item: Message | Queued, row_kind: str, db_id: str | None) -> None:
         self.batch.append(item)
+        if db_id and row_kind == "task":
+            self.task_ids.add(db_id)
+        elif db_id and row_kind == "sub_task":
+            self.sub_ids.add(db_id)
         if len(self.batch) >= self.batch_size:
             self._submit()
 
     def _submit(self) -> None:
         batch, self.batch = self.batch, []
-        task_ids: set[str] = set()
-        sub_ids: set[str] = set()
-        for item in batch:
-            row_kind, db_id = ((item.row_kind, item.db_id) if isinstance(item, Message)
-                               else (item[0], item[1]))
-            if db_id and row_kind == "task":
-                task_ids.add(db_id)
-            elif db_id and row_kind == "sub_task":
-                sub_ids.add(db_id)
+        task_ids, sub_ids, self.task_ids, self.sub_ids = self.task_ids, self.sub_ids, set(), set()
         future = self.pool.submit(self.verdicts, task_ids, sub_ids)
         self.in_flight.append((batch, future))
         while len(self.in_flight) > MAX_IN_FLIGHT:
@@ -126,16 +127,17 @@ class LookupBatcher:
     def _judge(self, batch: Iterable[Message | Queued], future: Future[Verdicts]) -> None:
         verdicts = future.result()  # re-raises DatabaseUnavailable: no verdict on this batch
         now = self.clock()
+        fine_id = verdicts.fine
         for item in batch:
-            if isinstance(item, Message):
+            if type(item) is tuple:
+                read, place, index = item
+                if fine_id(read[1], read[2]):
+                    continue
+                msg, fine = quick_message(read, replace(place, index=index)), False
+            else:
                 msg = item
                 fine = (msg.problem is None and msg.db_id is not None
-                        and verdicts.fine(msg.row_kind, msg.db_id))
-            else:
-                row_kind, db_id, raw, place, index = item
-                if verdicts.fine(row_kind, db_id):
-                    continue
-                msg, fine = self._full(raw, place, index), False  # its finding, read in full
+                        and fine_id(msg.row_kind, msg.db_id))
             finding = None if fine else judge_message(msg, verdicts.lookup)
             if finding is None:
                 if self.only is not None:

@@ -65,12 +65,12 @@ class Verdicts:
     """
 
     checked: Mapping[str, AbstractSet[str]]  # row kind -> the ids looked up
-    problems: AbstractSet[tuple[str, str]]  # (row kind, id) of rows not live, or invalid ids
+    problems: Mapping[str, AbstractSet[str]]  # row kind -> ids of rows not live, invalid ids
     lookup: Lookup
 
     def fine(self, row_kind: str, db_id: str) -> bool:
-        checked = self.checked.get(row_kind)
-        return checked is not None and db_id in checked and (row_kind, db_id) not in self.problems
+        return db_id in self.checked.get(row_kind, ()) and \
+            db_id not in self.problems.get(row_kind, ())
 
     @classmethod
     def build(cls, task_ids: AbstractSet[str], sub_task_ids: AbstractSet[str], lookup: Lookup,
@@ -86,8 +86,8 @@ class Verdicts:
             return row_verdict(row_kind, db_id, lookup) is not None
 
         checked = {"task": task_ids, "sub_task": sub_task_ids}
-        problems = frozenset((kind, db_id) for kind, ids in checked.items() for db_id in ids
-                             if problem(kind, db_id))
+        problems = {kind: frozenset(db_id for db_id in ids if problem(kind, db_id))
+                    for kind, ids in checked.items()}
         return cls(checked, problems, lookup)
 
 

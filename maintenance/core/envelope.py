@@ -18,6 +18,8 @@ from maintenance.core.bindings import Binding, BindingTable
 from maintenance.core.models import Location, Message, Reason
 
 _JSON_TYPES = ("application/json", "application/x-json")
+# quick_read's answer: (task id, row kind, database id, task name, raw delivery tag, eta).
+Quick = tuple[str, str, str | None, str, Any, Any]
 
 
 def parse_list_element(raw: bytes, location: Location, bindings: BindingTable) -> Message:
@@ -49,9 +51,7 @@ def read_envelope(payload: Any, location: Location, bindings: BindingTable) -> M
     properties = payload.get("properties") or {}
     if not isinstance(headers, dict) or not isinstance(properties, dict):
         return _unreadable(location, "headers/properties are not objects")
-    tag = properties.get("delivery_tag")
-    if tag and not location.delivery_tag:
-        location = replace(location, delivery_tag=str(tag))
+    location = _with_tag(location, properties.get("delivery_tag"))
     task_name, task_id = headers.get("task"), headers.get("id")
     body_v1: dict[str, Any] | None = None
     if not task_name:  # protocol 1 keeps everything in the (JSON) body
@@ -72,14 +72,15 @@ def read_envelope(payload: Any, location: Location, bindings: BindingTable) -> M
     return Message(task_id, task_name, location, db_id=db_id, row_kind=binding.kind, eta=eta)
 
 
-def quick_read(raw: bytes, bindings: BindingTable) -> tuple[str, str, str | None] | None:
-    """(task id, row kind, database id) of an ordinary queued message, without a `Message`.
+def quick_read(raw: bytes, bindings: BindingTable) -> Quick | None:
+    """What an ordinary queued message says, without building a `Message` for it.
 
     The scan's hot path, run a million times: building a Message and its Location per message
     costs more than reading it. It answers only where `parse_list_element` would give a message
     that can be judged, through the same helpers: bound, with its id (kind "task"/"sub_task"),
     or unmanaged (kind "", id None). Anything else (unreadable, protocol 1, no bound id) is
-    None, and the caller reads that message the full way.
+    None, and the caller reads that message the full way. `quick_message` turns an answer into
+    the Message parse_list_element would have given, for the few that become findings.
     """
     try:
         payload = orjson.loads(raw)
@@ -93,13 +94,28 @@ def quick_read(raw: bytes, bindings: BindingTable) -> tuple[str, str, str | None
     task_name, task_id = headers.get("task"), headers.get("id")
     if not task_name or not isinstance(task_name, str) or not isinstance(task_id, str):
         return None
+    tag, eta = properties.get("delivery_tag"), headers.get("eta")
     binding = bindings.lookup(task_name)
     if binding is None:
-        return task_id, "", None
+        return task_id, "", None, task_name, tag, eta
     db_id, problem, _ = _bound_id(binding, task_id, payload, headers, properties, None)
     if problem is not None:
         return None
-    return task_id, binding.kind, db_id
+    return task_id, binding.kind, db_id, task_name, tag, eta
+
+
+def quick_message(read: Quick, location: Location) -> Message:
+    """The Message `parse_list_element` gives for a message that `quick_read` answered."""
+    task_id, row_kind, db_id, task_name, tag, eta = read
+    return Message(task_id, task_name, _with_tag(location, tag), db_id=db_id, row_kind=row_kind,
+                   eta=eta)
+
+
+def _with_tag(location: Location, tag: Any) -> Location:
+    """The message's own delivery tag, unless the place it was read from already names one."""
+    if tag and not location.delivery_tag:
+        return replace(location, delivery_tag=str(tag))
+    return location
 
 
 def _bound_id(binding: Binding, task_id: str, payload: dict[str, Any], headers: dict[str, Any],
