@@ -22,7 +22,7 @@ from maintenance.core.plan import Action, Plan
 from maintenance.services import Services
 
 log = structlog.get_logger(__name__)
-Record = Callable[[list[ActionRecord]], None]
+Record = Callable[[list[ActionRecord]], object]
 
 
 def _record(action: str, findings: Sequence[Finding]) -> list[ActionRecord]:

@@ -96,7 +96,7 @@ class CleanupService:
             if not lock.acquire(blocking=(wait_s or cfg.lock_wait_s) > 0):
                 holder = self.services.broker.get(self.services.own_keys.key("lock", "holder"))
                 raise LockHeld("another maintenance run holds the lock "
-                               f"({(holder or b'unknown').decode()}); try again when it ends")
+                               f"({_text(holder or b'unknown')}); try again when it ends")
             self.services.broker.set(self.services.own_keys.key("lock", "holder"),
                                      f"{self.run_holder}", ex=int(cfg.lock_ttl_s))
         try:
@@ -237,3 +237,6 @@ def _taken_at(report: ScanReport) -> dict[str, float]:
 def _as_message(f: Finding) -> Message:
     return Message(f.task_id, f.task_name, f.location, db_id=f.db_id, row_kind=f.row_kind)
 
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -68,13 +69,17 @@ def configure_logging(log_dir: str | Path, level: str = "INFO", console_level: s
     for logger_name, file_name in (extra_files or {}).items():
         extra = _handler(logging.FileHandler(directory / file_name, encoding="utf-8"),
                          json_formatter, level)
-        if logger_name == "":
-            extra.addFilter(lambda record: not record.name.startswith(("maintenance", "celery")))
-        else:
-            extra.addFilter(lambda record, n=logger_name: record.name.startswith(n))
+        extra.addFilter(_name_filter(logger_name))
         root.addHandler(extra)
     root.setLevel(min(logging.getLevelName(level), logging.getLevelName(console_level)))
     return path
+
+
+def _name_filter(prefix: str) -> Callable[[logging.LogRecord], bool]:
+    """`""` means "everything the other files do not take" (maintenance.*, celery.*)."""
+    if prefix == "":
+        return lambda record: not record.name.startswith(("maintenance", "celery"))
+    return lambda record: record.name.startswith(prefix)
 
 
 def _handler(handler: logging.Handler, formatter: logging.Formatter, level: str) -> logging.Handler:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import redis
 
@@ -65,7 +66,7 @@ class ReplyListSweeper:
                         expiring += 1
         return ReplyLeftovers(scanned, removed, expiring)
 
-    def _chunks(self) -> Iterator[list[bytes]]:
+    def _chunks(self) -> Iterator[list[Any]]:
         cursor = 0
         while True:
             cursor, keys = self.client.scan(cursor, match=self.match, count=self.chunk_size)

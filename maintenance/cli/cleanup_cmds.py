@@ -20,7 +20,7 @@ from maintenance.exit_codes import ExitCode
 from maintenance.services import open_services
 
 
-def add_cleanup_commands(sub: argparse._SubParsersAction) -> None:
+def add_cleanup_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     cleanup = sub.add_parser("cleanup", help="show the plan, ask, then remove confirmed orphans",
                              description="Quarantine and revoke confirmed orphans, delete stale "
                                          "results and handle lost rows, with every safety check.")

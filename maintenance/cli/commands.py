@@ -18,7 +18,7 @@ from maintenance.reconcile import Reconciler
 from maintenance.services import open_services
 
 
-def add_commands(sub: argparse._SubParsersAction) -> None:
+def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     check = sub.add_parser("check", help="report every inconsistency (read-only)",
                            description="Report every inconsistency between Redis and the "
                                        "database, changing nothing.")
