@@ -4,9 +4,18 @@ Queue lists: one `LREM` per orphan costs O(list length) each (hours at a million
 instead replace each orphan in place with a tombstone, by a Lua script that finds the message
 near the index where the scan saw it, checks it is that very message (delivery tag and task id),
 copies it to the quarantine and `LSET`s the tombstone, all in one atomic step. One `LREM` of the
-tombstone per list then compacts the list. Producers push at the head and consumers pop the tail,
-so a message only drifts toward the tail by the number of pushes since the scan: the script
-tracks that drift and searches a small window around it, seeking from the nearer end.
+tombstone per list then compacts the list.
+
+Finding a message again, while producers and workers use the list: producers LPUSH at the head,
+workers pop the tail and kombu restores to the tail, so a message's index only grows, by the
+pushes since the scan read it, and the list's order never changes. The scan reads head first, so
+of two findings the one with the smaller index was read no later and has drifted at least as
+far. Orphans are therefore taken tail first: the drift measured on the last one found is a lower
+bound for the next, which is searched forward from there, and never past the last tombstone
+placed (it is newer, so nearer the head); reaching that tombstone means it is gone, reaching the
+end of the list means a worker took it. Each script call stops at a time budget; a search cut
+short resumes where it stopped (positions only grow, so nothing behind it needs a second look).
+Reads are shared: one `LRANGE` covers the next few orphans, so the only other seek is the `LSET`.
 
 The tombstone is a valid Celery message for a task the queue's workers know, with an `expires`
 in the past, so a worker that pops one before the compaction discards it as expired, no error.
@@ -29,48 +38,82 @@ from maintenance.core.models import Finding
 
 _LIST_SCRIPT = """
 local key, qhash, qindex = KEYS[1], KEYS[2], KEYS[3]
-local tomb, now = ARGV[1], tonumber(ARGV[2])
-local window, max_windows, drift = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local tomb, now, budget = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local drift, resume = tonumber(ARGV[4]), tonumber(ARGV[5])
+if redis.replicate_commands then redis.replicate_commands() end  -- TIME before writes, Redis < 5
+local function clock() local t = redis.call('TIME') return t[1] * 1000000 + t[2] end
+local deadline = clock() + budget
 local len = redis.call('LLEN', key)
+local limit = len  -- the message sought is before this position (the last one taken is newer)
+local lo, hi, items = 0, -1, {}  -- the elements read last: positions lo..hi
 local function at(pos) if pos > len / 2 then return pos - len end return pos end
+local function read(a, b)
+  items = redis.call('LRANGE', key, at(a), at(b))
+  lo, hi = a, a + #items - 1
+end
 local function hit(v, tag, tid)
   return string.find(v, tag, 1, true) ~= nil and string.find(v, tid, 1, true) ~= nil
 end
-local function locate(idx, tag, tid)
-  local guess = idx + drift
-  if guess >= 0 and guess < len then
-    local v = redis.call('LINDEX', key, at(guess))
-    if v and hit(v, tag, tid) then return guess, v end
+local function prefetch_from(i, pos)
+  -- one read also covers the next orphans' lower bounds: copying an element costs about as
+  -- much as seeking past a thousand, and a read of 256 stays far below the call's budget
+  local reach = math.min(256, math.max(8, math.floor(math.min(pos, len - pos) / 1000)))
+  local a = pos
+  for j = i + 5, math.min(#ARGV, i + 5 * 64), 5 do
+    local lb = tonumber(ARGV[j]) + drift
+    if lb < pos - reach then break end
+    a = math.min(a, math.max(0, lb))
   end
-  local lo = math.max(0, guess - math.floor(window / 4))
-  for _ = 1, max_windows do
-    if lo >= len then break end
-    local hi = math.min(len - 1, lo + window - 1)
-    local items
-    if lo > len / 2 then items = redis.call('LRANGE', key, lo - len, hi - len)
-    else items = redis.call('LRANGE', key, lo, hi) end
-    for i, v in ipairs(items) do
-      if hit(v, tag, tid) then return lo + i - 1, v end
+  return a
+end
+local out = {0, -1}
+local i, reads = 6, 0
+while i <= #ARGV do
+  local idx, tag, tid = tonumber(ARGV[i]), ARGV[i+1], ARGV[i+2]
+  local pos = math.max(0, idx + drift)
+  if i == 6 and resume > pos then pos = resume end
+  local window, outcome = 8, nil
+  while outcome == nil do
+    if pos >= limit then
+      outcome = (limit == len) and 'worker' or 'gone'
+    elseif pos < lo or pos > hi then
+      if reads > 0 and clock() > deadline then
+        outcome = 'later'
+      elseif pos < lo or hi < 0 then
+        read(prefetch_from(i, pos), math.min(limit - 1, pos + window))
+      else
+        window = math.min(window * 2, 256)
+        read(pos, math.min(limit - 1, pos + window))
+      end
+      reads = reads + 1
+    else
+      local v = items[pos - lo + 1]
+      if v == tomb then outcome = 'gone'
+      elseif hit(v, tag, tid) then outcome = v
+      else pos = pos + 1 end
     end
-    lo = hi + 1
   end
-  return nil, nil
-end
-local out = {}
-for i = 6, #ARGV, 5 do
-  local idx, tag, tid, field, meta = tonumber(ARGV[i]), ARGV[i+1], ARGV[i+2], ARGV[i+3], ARGV[i+4]
-  local pos, raw = locate(idx, tag, tid)
-  if pos then
-    redis.call('LSET', key, at(pos), tomb)
-    redis.call('HSET', qhash, field, '{"meta":' .. meta .. ',"raw":' .. cjson.encode(raw) .. '}')
-    redis.call('ZADD', qindex, now, field)
-    drift = pos - idx
-    out[#out + 1] = 1
-  else
+  if outcome == 'later' then
+    out[2] = pos
+    break
+  elseif outcome == 'gone' then
     out[#out + 1] = 0
+  elseif outcome == 'worker' then
+    -- taken from the tail: every older message has left, so the rest drifted this far at least
+    drift = math.max(drift, len - 1 - idx)
+    out[#out + 1] = 0
+  else
+    redis.call('LSET', key, at(pos), tomb)
+    redis.call('HSET', qhash, ARGV[i+3],
+               '{"meta":' .. ARGV[i+4] .. ',"raw":' .. cjson.encode(outcome) .. '}')
+    redis.call('ZADD', qindex, now, ARGV[i+3])
+    drift, limit = pos - idx, pos
+    out[#out + 1] = 1
   end
+  i = i + 5
+  if i <= #ARGV and clock() > deadline then break end
 end
-table.insert(out, 1, drift)
+out[1] = drift
 return out
 """
 
@@ -94,7 +137,8 @@ end
 return out
 """
 
-TARGET_CALL_S = 0.004  # keep each script call well under the 10 ms budget for other clients
+CALL_BUDGET_S = 0.004  # each script call stops after this, well under 10 ms for other clients
+MAX_BATCH = 1024
 
 
 @dataclass(frozen=True)
@@ -143,31 +187,29 @@ class Quarantine:
     # -- queue lists ------------------------------------------------------------------------
     def take_from_list(self, key: str, findings: Sequence[Finding], tombstone: bytes,
                        meta_of: Any) -> Iterator[tuple[list[Finding], list[Finding]]]:
-        """Tombstone and quarantine `findings` of one list, in index order, in short script calls.
+        """Tombstone and quarantine `findings` of one list, tail first, in short script calls.
 
+        A message the scan read twice (pushes moved it into the next chunk) is taken once.
         Yields (taken, missing) per call, so the caller can record each step as it happens.
         """
-        if any(not f.location.delivery_tag for f in findings):
-            raise ValueError("every message to quarantine needs its delivery tag")
-        ordered = sorted(findings, key=lambda f: f.location.index)
-        drift, batch, start = 0, 16, 0
+        ordered = _tail_first(findings)
+        drift, resume, batch, start = 0, -1, 64, 0
         while start < len(ordered):
             chunk = ordered[start:start + batch]
-            argv: list[Any] = [tombstone, time.time(), 256, 64, drift]
+            argv: list[Any] = [tombstone, time.time(), int(CALL_BUDGET_S * 1e6), drift, resume]
             for f in chunk:
-                argv += [f.location.index, f.location.delivery_tag, f.task_id,
+                argv += [max(f.location.index, 0), f.location.delivery_tag, f.task_id,
                          quarantine_field(f), orjson.dumps(meta_of(f))]
-            began = time.perf_counter()
             with broker_errors(f"quarantining messages of {key!r}"):
                 reply = self._list_script(keys=[key, self.keys.quarantine,
                                                 self.keys.quarantine_index], args=argv)
-            elapsed = time.perf_counter() - began
-            drift = int(reply[0])
-            taken = [f for f, ok in zip(chunk, reply[1:], strict=True) if ok]
-            missing = [f for f, ok in zip(chunk, reply[1:], strict=True) if not ok]
+            drift, resume, done = int(reply[0]), int(reply[1]), reply[2:]
+            taken = [f for f, ok in zip(chunk, done, strict=False) if ok]
+            missing = [f for f, ok in zip(chunk, done, strict=False) if not ok]
             yield taken, missing
-            start += len(chunk)
-            batch = _next_batch(batch, elapsed)
+            start += len(done)
+            batch = min(MAX_BATCH, batch * 2 if len(done) == len(chunk)
+                        else max(16, len(done) + len(done) // 4))
 
     def compact(self, key: str, tombstone: bytes) -> int:
         """The one O(n) command per list per run: drop every tombstone at once."""
@@ -254,12 +296,16 @@ class Quarantine:
             return int(self.client.hlen(self.keys.quarantine))
 
 
-def _next_batch(batch: int, elapsed_s: float) -> int:
-    """Grow or shrink the next script call so it stays near TARGET_CALL_S."""
-    if elapsed_s <= 0:
-        return min(batch * 2, 512)
-    scaled = int(batch * TARGET_CALL_S / elapsed_s)
-    return max(1, min(512, scaled, batch * 2))
+def _tail_first(findings: Sequence[Finding]) -> list[Finding]:
+    """By list index, highest first; of a message read twice, the later (higher) reading."""
+    out: list[Finding] = []
+    seen: set[tuple[str, str | None]] = set()
+    for f in sorted(findings, key=lambda f: f.location.index, reverse=True):
+        ident = (f.location.delivery_tag, f.task_id)
+        if ident not in seen:
+            seen.add(ident)
+            out.append(f)
+    return out
 
 
 def new_run_id() -> str:
