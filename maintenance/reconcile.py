@@ -23,7 +23,7 @@ from maintenance.adapters.redis_reader import RedisReader
 from maintenance.adapters.workers import WorkerControl
 from maintenance.config import Settings
 from maintenance.core.bindings import BindingTable
-from maintenance.core.diff import LostTracker, judge_result
+from maintenance.core.diff import LostTracker, judge_result, result_verdict
 from maintenance.core.envelope import parse_unacked_entry
 from maintenance.core.models import Finding, FindingKind, Location, Message, Where
 from maintenance.core.report import ScanReport, place_name
@@ -137,12 +137,17 @@ class Reconciler:
     def _scan_results(self, found: _ResultScan, only: str | None,
                       stop: threading.Event) -> _ResultScan:
         """On its own thread: touches only `found`, never the report."""
-        retention_s = self.settings.scan.result_retention_h * 3600
-        for chunk in self.reader.iter_results():
+        now, retention_s = self.clock(), self.settings.scan.result_retention_h * 3600
+
+        def maybe_stale(date_done: float | None, ttl_s: int) -> bool:
+            return result_verdict(date_done, ttl_s, now, retention_s) is not None
+
+        # A whole scan builds metas only for stale keys; --task-id notes the fine one too.
+        keep = maybe_stale if only is None else None
+        for read, chunk in self.reader.iter_result_chunks(keep):
             if stop.is_set():
                 break
-            now = self.clock()
-            found.scanned += len(chunk)
+            found.scanned += read
             for meta in chunk:
                 if only is not None and meta.task_id != only:
                     continue

@@ -118,13 +118,22 @@ def _finding(msg: Message, kind: FindingKind, reason: Reason, detail: str) -> Fi
 
 def judge_result(meta: ResultMeta, now: float, retention_s: float) -> Finding | None:
     """Stale when finished longer ago than the retention, or when the key never expires."""
+    reason = result_verdict(meta.date_done, meta.ttl_s, now, retention_s)
+    if reason is None:
+        return None
     age = None if meta.date_done is None else max(0.0, now - meta.date_done)
-    if age is not None and age > retention_s:
-        return Finding(FindingKind.STALE_RESULT, Reason.RESULT_EXPIRED, meta.task_id, "", None,
-                       _result_location(meta), age_s=age)
-    if meta.ttl_s == -1:
-        return Finding(FindingKind.STALE_RESULT, Reason.RESULT_NO_TTL, meta.task_id, "", None,
-                       _result_location(meta), age_s=age, detail="key has no expiry")
+    detail = "key has no expiry" if reason is Reason.RESULT_NO_TTL else ""
+    return Finding(FindingKind.STALE_RESULT, reason, meta.task_id, "", None,
+                   _result_location(meta), age_s=age, detail=detail)
+
+
+def result_verdict(date_done: float | None, ttl_s: int, now: float,
+                   retention_s: float) -> Reason | None:
+    """Why a result key is stale, from the two facts that decide it; None when it is not."""
+    if date_done is not None and max(0.0, now - date_done) > retention_s:
+        return Reason.RESULT_EXPIRED
+    if ttl_s == -1:
+        return Reason.RESULT_NO_TTL
     return None
 
 
