@@ -79,7 +79,7 @@ def database(pg: PostgresServer, name: str) -> tuple[str, str]:
 
 
 def run_cleanup(config: Path, redis_url: str, work: Path) -> CleanupRun:
-    """One `cleanup` subprocess; peak RSS from wait4's rusage of exactly that child."""
+    """One `cleanup` subprocess, timed by wait4; its peak RSS as it measured it (VmHWM)."""
     env = {k: v for k, v in os.environ.items() if k not in ENV_OVERRIDES}
     phases_path, out_path, err_path = (work / "phases.json", work / "cleanup.json",
                                        work / "cleanup.err")
@@ -106,9 +106,10 @@ def run_cleanup(config: Path, redis_url: str, work: Path) -> CleanupRun:
     admin.close()
     script_stats = (f"{stats.get('calls', 0):,} EVALSHA, server {stats.get('usec_per_call', 0):.0f}"
                     f" µs/call avg; {_latency_line(latency, 'evalsha')}")
-    return CleanupRun(wall_s, usage.ru_maxrss / 1024, code, summary,
-                      orjson.loads(phases_path.read_bytes()), _placeholder_probe(), slow,
-                      script_stats)
+    timed = orjson.loads(phases_path.read_bytes())
+    rss_mib = timed["peak_rss_kib"] / 1024 or usage.ru_maxrss / 1024
+    return CleanupRun(wall_s, rss_mib, code, summary, timed["phases"], _placeholder_probe(),
+                      slow, script_stats)
 
 
 def _latency_line(info: Any, command: str) -> str:

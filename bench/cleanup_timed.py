@@ -3,8 +3,9 @@
     python -m bench.cleanup_timed PHASES.json --config X cleanup --force --json ...
 
 Runs `maintenance.cli.main.main` unchanged, after wrapping a few methods with timers; at exit
-writes {phase: {"s": seconds, "calls": n, "max_s": longest call}} to PHASES.json. The wrappers
-add a few microseconds per call, nothing per message.
+writes {phase: {"s": seconds, "calls": n, "max_s": longest call}} to PHASES.json, with the
+process's peak RSS since exec (VmHWM: wait4's ru_maxrss would also count the benchmark process
+this one was forked from). The wrappers add a few microseconds per call, nothing per message.
 """
 
 from __future__ import annotations
@@ -81,6 +82,13 @@ PHASES: list[tuple[type, str, str]] = [
 ]
 
 
+def _peak_rss_kib() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    return 0
+
+
 def install(out: Path) -> None:
     for owner, name, label in PHASES:
         setattr(owner, name, _timed(label, getattr(owner, name)))
@@ -90,7 +98,7 @@ def install(out: Path) -> None:
 
     def dump() -> None:
         _add("total in process", time.perf_counter() - started)
-        out.write_bytes(orjson.dumps(TIMES))
+        out.write_bytes(orjson.dumps({"phases": TIMES, "peak_rss_kib": _peak_rss_kib()}))
 
     atexit.register(dump)
 
