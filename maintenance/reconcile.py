@@ -1,20 +1,18 @@
 """The reconciliation scan: stream Redis in chunks, look rows up in batches, diff, report.
 
-Three threads overlap their waits: the main one reads and parses the queues, a helper looks rows
-up (scan_batches), and the result keys, which need no database, are read on a third while the
-workers answer and the queues stream. Python work still shares one core (the GIL); what overlaps
-is the time spent waiting for Redis, PostgreSQL and the workers.
+The main thread reads and parses the queues while a helper thread looks rows up (scan_batches)
+and the result keys, which need no database, are read beside both (result_scan: in a forked
+child, so that their parsing gets the second core rather than a share of the GIL).
 """
 
 from __future__ import annotations
 
 import gc
-import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 
 import structlog
 
@@ -23,10 +21,11 @@ from maintenance.adapters.redis_reader import RedisReader
 from maintenance.adapters.workers import WorkerControl
 from maintenance.config import Settings
 from maintenance.core.bindings import BindingTable
-from maintenance.core.diff import LostTracker, judge_result, result_verdict
+from maintenance.core.diff import LostTracker
 from maintenance.core.envelope import parse_unacked_entry
-from maintenance.core.models import Finding, FindingKind, Location, Message, Where
+from maintenance.core.models import FindingKind, Location, Message, Where
 from maintenance.core.report import ScanReport, place_name
+from maintenance.result_scan import BackgroundResults, ResultScan, scan_results
 from maintenance.scan_batches import LookupBatcher
 
 log = structlog.get_logger(__name__)
@@ -55,14 +54,12 @@ class Reconciler:
         report = ScanReport(started_at=self.clock(), only=only)
         self.db.validate()
         lost = self._lost_tracker(report)
-        stop = threading.Event()
         # Exits run in reverse: the look-up thread finishes before its connection closes.
         with self.db.pinned_verdicts() as verdicts, \
                 ThreadPoolExecutor(max_workers=1, thread_name_prefix="results") as side, \
                 ThreadPoolExecutor(max_workers=1, thread_name_prefix="db-lookup") as pool:
+            background = self._start_results(side, only) if results else None
             try:
-                found = _ResultScan()
-                job = side.submit(self._scan_results, found, only, stop) if results else None
                 held = self._scan_workers(report)
                 batcher = LookupBatcher(verdicts, self.bindings, report, pool, lost, only,
                                         batch_size=self.settings.database.batch_size,
@@ -76,10 +73,12 @@ class Reconciler:
                     if msg.task_id not in batcher.seen_held:
                         batcher.add(msg)
                 batcher.flush()
-                if job is not None:
-                    self._merge_results(report, job, found)
-            finally:
-                stop.set()  # on failure: the result scan stops at its next chunk
+                if background is not None:
+                    self._merge_results(report, background.wait(self.progress))
+            except BaseException:
+                if background is not None:
+                    background.cancel()
+                raise
         if report.lost_checked:
             report.findings.extend(f for f in lost.findings(self.clock())
                                    if only is None or only in (f.db_id, f.task_id))
@@ -134,39 +133,13 @@ class Reconciler:
             done += len(chunk)
             self.progress("unacked", done, None)
 
-    def _scan_results(self, found: _ResultScan, only: str | None,
-                      stop: threading.Event) -> _ResultScan:
-        """On its own thread: touches only `found`, never the report."""
+    def _start_results(self, side: ThreadPoolExecutor, only: str | None) -> BackgroundResults:
         now, retention_s = self.clock(), self.settings.scan.result_retention_h * 3600
+        return BackgroundResults(side, lambda report, stop: scan_results(
+            self.reader, now, retention_s, only, report, stop))
 
-        def maybe_stale(date_done: float | None, ttl_s: int) -> bool:
-            return result_verdict(date_done, ttl_s, now, retention_s) is not None
-
-        # A whole scan builds metas only for stale keys; --task-id notes the fine one too.
-        keep = maybe_stale if only is None else None
-        for read, chunk in self.reader.iter_result_chunks(keep):
-            if stop.is_set():
-                break
-            found.scanned += read
-            for meta in chunk:
-                if only is not None and meta.task_id != only:
-                    continue
-                finding = judge_result(meta, now, retention_s)
-                if finding is not None:
-                    found.findings.append(finding)
-                elif only is not None:
-                    found.notes.append(f"result {meta.status} at {meta.key}")
-        return found
-
-    def _merge_results(self, report: ScanReport, job: Future[_ResultScan],
-                       found: _ResultScan) -> None:
-        """Wait for the result scan (showing its progress), then report it after the queues."""
-        while True:
-            try:
-                job.result(timeout=0.2)  # re-raises BrokerUnavailable: no verdict
-                break
-            except TimeoutError:
-                self.progress("results", found.scanned, None)
+    def _merge_results(self, report: ScanReport, found: ResultScan) -> None:
+        """The result keys' findings go after the queues', as when they were read in order."""
         report.results_scanned = found.scanned
         report.findings.extend(found.findings)
         report.notes.extend(found.notes)
@@ -198,12 +171,3 @@ def _gc_paused() -> Iterator[None]:
     finally:
         if enabled:
             gc.enable()
-
-
-@dataclass
-class _ResultScan:
-    """What the result-key scan found, filled on its own thread."""
-
-    findings: list[Finding] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-    scanned: int = 0

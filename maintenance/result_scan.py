@@ -1,0 +1,84 @@
+"""The result-key scan, run beside the queue scan: stale results need no database look-up.
+
+It runs in a forked child where the platform allows (its parsing then uses the second core
+instead of sharing the queue scan's), else on a thread. Either way its findings are merged after
+the queues', so the report reads in the same order.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from maintenance.adapters.redis_reader import RedisReader
+from maintenance.core.diff import judge_result, result_verdict
+from maintenance.core.models import Finding
+from maintenance.forked import CAN_FORK, ForkedCall, Report
+
+Progress = Callable[[str, int, int | None], None]
+
+
+@dataclass
+class ResultScan:
+    """What the result-key scan found."""
+
+    findings: list[Finding] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    scanned: int = 0
+
+
+def scan_results(reader: RedisReader, now: float, retention_s: float, only: str | None,
+                 report: Report, stop: threading.Event | None = None) -> ResultScan:
+    def maybe_stale(date_done: float | None, ttl_s: int) -> bool:
+        return result_verdict(date_done, ttl_s, now, retention_s) is not None
+
+    found = ResultScan()
+    # A whole scan builds metas only for stale keys; --task-id notes the fine one too.
+    keep = maybe_stale if only is None else None
+    for read, chunk in reader.iter_result_chunks(keep):
+        if stop is not None and stop.is_set():
+            break
+        found.scanned += read
+        report(found.scanned)
+        for meta in chunk:
+            if only is not None and meta.task_id != only:
+                continue
+            finding = judge_result(meta, now, retention_s)
+            if finding is not None:
+                found.findings.append(finding)
+            elif only is not None:
+                found.notes.append(f"result {meta.status} at {meta.key}")
+    return found
+
+
+class BackgroundResults:
+    """Started before the queue scan (so a fork happens before any thread exists), collected
+    after it with `wait`, or abandoned with `cancel` when the scan fails."""
+
+    def __init__(self, side: ThreadPoolExecutor, work: Callable[[Report, threading.Event],
+                                                                ResultScan]):
+        self.scanned = 0
+        self._stop = threading.Event()
+        self._call: ForkedCall[ResultScan] | None = None
+        if CAN_FORK:
+            self._call = ForkedCall(lambda report: work(report, self._stop))
+            self._job: Future[ResultScan] = side.submit(self._call.result, self._seen)
+        else:
+            self._job = side.submit(work, self._seen, self._stop)
+
+    def _seen(self, count: int) -> None:
+        self.scanned = count
+
+    def wait(self, progress: Progress) -> ResultScan:
+        while True:
+            try:
+                return self._job.result(timeout=0.2)  # re-raises BrokerUnavailable: no verdict
+            except TimeoutError:
+                progress("results", self.scanned, None)
+
+    def cancel(self) -> None:
+        self._stop.set()  # a thread stops at its next chunk
+        if self._call is not None:
+            self._call.cancel()
