@@ -77,26 +77,33 @@ class LookupBatcher:
             for offset, raw in enumerate(chunk):
                 self.add(self._full(raw, place, start + offset))
             return
-        quick, bindings, lost, held = quick_read, self.bindings, self.lost, self.held_ids
-        managed = unmanaged = 0
-        for offset, raw in enumerate(chunk):
-            read = quick(raw, bindings)
-            if read is None:
-                self.add(self._full(raw, place, start + offset))
-                continue
-            task_id, row_kind, db_id = read[0], read[1], read[2]
-            lost.saw_ids(row_kind, db_id, task_id)
-            if task_id in held:
-                self.seen_held.add(task_id)
-            if db_id is None:
-                unmanaged += 1
-                continue
-            managed += 1
-            self._append((read, place, start + offset), row_kind, db_id)
+        bindings = self.bindings
+        reads = [quick_read(raw, bindings) for raw in chunk]
+        if None in reads:  # some need the full reading: keep them in order with the rest
+            for offset, (raw, read) in enumerate(zip(chunk, reads, strict=True)):
+                if read is None:
+                    self.add(self._full(raw, place, start + offset))
+                else:
+                    self._add_reads([read], start + offset, place)
+        else:
+            self._add_reads(reads, start, place)  # type: ignore[arg-type]
+
+    def _add_reads(self, reads: list[Quick], start: int, place: Location) -> None:
+        """Consecutive quickly-read messages, a chunk at a time: per-message calls add up."""
+        if self.lost:
+            self.lost.saw_many((r[0], r[1], r[2]) for r in reads)
+        if self.held_ids:
+            self.seen_held.update(r[0] for r in reads if r[0] in self.held_ids)
+        managed = [(read, place, start + i) for i, read in enumerate(reads) if read[2] is not None]
         stats = self.report.place(place_name(place.where, place.queue, place.priority))
-        stats.messages += managed + unmanaged
-        stats.managed += managed
-        stats.unmanaged += unmanaged
+        stats.messages += len(reads)
+        stats.managed += len(managed)
+        stats.unmanaged += len(reads) - len(managed)
+        self.batch.extend(managed)
+        self.task_ids.update(r[2] for r, _, _ in managed if r[2] and r[1] == "task")
+        self.sub_ids.update(r[2] for r, _, _ in managed if r[2] and r[1] == "sub_task")
+        if len(self.batch) >= self.batch_size:
+            self._submit()
 
     def _full(self, raw: bytes, place: Location, index: int) -> Message:
         return parse_list_element(raw, replace(place, index=index), self.bindings)

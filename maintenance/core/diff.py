@@ -163,6 +163,11 @@ class LostTracker:
     def saw(self, msg: Message) -> None:
         self.saw_ids(msg.row_kind, msg.db_id, msg.task_id)
 
+    def saw_many(self, seen: Iterable[tuple[str, str, str | None]]) -> None:
+        """(task id, row kind, database id) of messages seen."""
+        for task_id, row_kind, db_id in seen:
+            self.saw_ids(row_kind, db_id, task_id)
+
     def saw_ids(self, row_kind: str, db_id: str | None, task_id: str) -> None:
         if not self._rows:
             return
