@@ -10,7 +10,7 @@ from __future__ import annotations
 import gc
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import replace
 
@@ -18,12 +18,12 @@ import structlog
 
 from maintenance.adapters.database import TaskDatabase
 from maintenance.adapters.redis_reader import RedisReader
-from maintenance.adapters.workers import WorkerControl
+from maintenance.adapters.workers import WorkerControl, WorkerView
 from maintenance.config import Settings
 from maintenance.core.bindings import BindingTable
 from maintenance.core.diff import LostTracker
 from maintenance.core.envelope import parse_unacked_entry
-from maintenance.core.models import FindingKind, Location, Message, Where
+from maintenance.core.models import FindingKind, Location, Where
 from maintenance.core.report import ScanReport, place_name
 from maintenance.result_scan import BackgroundResults, ResultScan, scan_results
 from maintenance.scan_batches import LookupBatcher
@@ -57,19 +57,21 @@ class Reconciler:
         # Exits run in reverse: the look-up thread finishes before its connection closes.
         with self.db.pinned_verdicts() as verdicts, \
                 ThreadPoolExecutor(max_workers=1, thread_name_prefix="results") as side, \
-                ThreadPoolExecutor(max_workers=1, thread_name_prefix="db-lookup") as pool:
+                ThreadPoolExecutor(max_workers=1, thread_name_prefix="db-lookup") as pool, \
+                ThreadPoolExecutor(max_workers=1, thread_name_prefix="workers") as aside:
             background = self._start_results(side, only) if results else None
             try:
-                held = self._scan_workers(report)
+                # Workers answer within the inspect timeout: scan the queues meanwhile.
+                asked = aside.submit(self._worker_view)
                 batcher = LookupBatcher(verdicts, self.bindings, report, pool, lost, only,
                                         batch_size=self.settings.database.batch_size,
-                                        clock=self.clock,
-                                        held_ids={m.task_id for m in held if m.task_id})
-                self._scan_queues(batcher)
+                                        clock=self.clock)
+                self._scan_queues(batcher, report, asked)
+                self._take_held(report, batcher, asked)
                 self._scan_unacked(batcher)
                 # A task a worker holds is usually also in Redis (unacked, or queued again):
                 # judge it once, at its Redis location, which is the one a cleanup can act on.
-                for msg in held:
+                for msg in batcher.held or ():
                     if msg.task_id not in batcher.seen_held:
                         batcher.add(msg)
                 batcher.flush()
@@ -101,14 +103,22 @@ class Reconciler:
         stuck_s = self.settings.scan.stuck_after_h * 3600
         return LostTracker(self.db.iter_stuck(stuck_s, self.clock()))
 
-    def _scan_workers(self, report: ScanReport) -> tuple[Message, ...]:
+    def _worker_view(self) -> WorkerView | None:
+        """On its own thread: what live workers hold, None when not inspecting."""
         if self.workers is None or not self.settings.scan.inspect_workers:
-            return ()
-        view = self.workers.snapshot(self.bindings)
-        report.workers, report.workers_inspected = view.workers, True
-        return view.messages
+            return None
+        return self.workers.snapshot(self.bindings)
 
-    def _scan_queues(self, batcher: LookupBatcher) -> None:
+    def _take_held(self, report: ScanReport, batcher: LookupBatcher,
+                   asked: Future[WorkerView | None]) -> None:
+        if batcher.held is None:
+            view = asked.result()  # re-raises BrokerUnavailable: no verdict
+            if view is not None:
+                report.workers, report.workers_inspected = view.workers, True
+            batcher.know_held(() if view is None else view.messages)
+
+    def _scan_queues(self, batcher: LookupBatcher, report: ScanReport,
+                     asked: Future[WorkerView | None]) -> None:
         layout = self.reader.layout
         for queue in self.settings.scan.queues:
             keys = layout.queue_keys(queue)
@@ -118,6 +128,8 @@ class Reconciler:
                 place = Location(Where.QUEUE, queue=queue, priority=band, key=key)
                 for start, chunk in self.reader.iter_list(key):
                     batcher.add_queued(chunk, start, place)
+                    if asked.done():
+                        self._take_held(report, batcher, asked)
                     done += len(chunk)
                     self.progress(f"queue {place_name(Where.QUEUE, queue, band)}", done, total)
 

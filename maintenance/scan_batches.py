@@ -32,8 +32,7 @@ class LookupBatcher:
 
     def __init__(self, verdicts: LookUp, bindings: BindingTable, report: ScanReport,
                  pool: ThreadPoolExecutor, lost: LostTracker, only: str | None, *,
-                 batch_size: int, clock: Callable[[], float],
-                 held_ids: set[str] | None = None):
+                 batch_size: int, clock: Callable[[], float]):
         self.verdicts = verdicts  # runs on the `pool` thread
         self.bindings = bindings
         self.report = report
@@ -42,8 +41,12 @@ class LookupBatcher:
         self.only = only
         self.batch_size = batch_size
         self.clock = clock
-        self.held_ids = held_ids or set()  # task ids live workers reported
-        self.seen_held: set[str] = set()  # ... of which these were also found in Redis
+        # What live workers hold, and the task ids of it also found in Redis. Until the
+        # workers have answered (None), the task ids read so far are kept to be matched then.
+        self.held: tuple[Message, ...] | None = None
+        self.held_ids: set[str] | None = None
+        self.seen_held: set[str] = set()
+        self._seen_early: set[str] = set()
         self.batch: list[Message | Queued] = []
         self.task_ids: set[str] = set()  # ... the ids in `batch`, to look up
         self.sub_ids: set[str] = set()
@@ -51,8 +54,8 @@ class LookupBatcher:
 
     def add(self, msg: Message) -> None:
         self.lost.saw(msg)
-        if msg.task_id in self.held_ids and msg.location.where is not Where.WORKER:
-            self.seen_held.add(msg.task_id)
+        if msg.location.where is not Where.WORKER:
+            self._saw_task_ids((msg.task_id,))
         if self.only is not None and self.only not in (msg.task_id, msg.db_id):
             return
         loc = msg.location
@@ -92,8 +95,8 @@ class LookupBatcher:
         """Consecutive quickly-read messages, a chunk at a time: per-message calls add up."""
         if self.lost:
             self.lost.saw_many((r[0], r[1], r[2]) for r in reads)
-        if self.held_ids:
-            self.seen_held.update(r[0] for r in reads if r[0] in self.held_ids)
+        if self.held_ids is None or self.held_ids:
+            self._saw_task_ids(r[0] for r in reads)
         managed = [(read, place, start + i) for i, read in enumerate(reads) if read[2] is not None]
         stats = self.report.place(place_name(place.where, place.queue, place.priority))
         stats.messages += len(reads)
@@ -104,6 +107,19 @@ class LookupBatcher:
         self.sub_ids.update(r[2] for r, _, _ in managed if r[2] and r[1] == "sub_task")
         if len(self.batch) >= self.batch_size:
             self._submit()
+
+    def know_held(self, held: tuple[Message, ...]) -> None:
+        """The workers answered: match what was read before they did."""
+        self.held = held
+        self.held_ids = {m.task_id for m in held if m.task_id}
+        self.seen_held |= self.held_ids & self._seen_early
+        self._seen_early = set()
+
+    def _saw_task_ids(self, task_ids: Iterable[str]) -> None:
+        if self.held_ids is None:
+            self._seen_early.update(task_ids)
+        elif self.held_ids:
+            self.seen_held.update(t for t in task_ids if t in self.held_ids)
 
     def _full(self, raw: bytes, place: Location, index: int) -> Message:
         return parse_list_element(raw, replace(place, index=index), self.bindings)
