@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Callable, Collection, Iterator
 from collections.abc import Set as AbstractSet
 from contextlib import contextmanager, nullcontext, suppress
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
 from typing import Any, TypeVar
@@ -15,6 +13,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Engine
 
+from maintenance.adapters.id_coercion import IdCoercer
 from maintenance.config import Settings, SubTaskTableSettings, TaskTableSettings
 from maintenance.core.diff import Lookup, Verdicts
 from maintenance.core.models import RowState, StuckRow
@@ -48,48 +47,6 @@ def create_db_engine(settings: Settings) -> Engine:
     except (sa.exc.ArgumentError, ImportError, ValueError) as exc:  # ValueError: bad port
         raise ConfigError(f"invalid database URL: {exc}", key="database.url",
                           source=settings.source) from None
-
-
-@dataclass(frozen=True)
-class _Coercer:
-    """Turns a textual id from a message into the id column's Python type, or None if impossible."""
-
-    python_type: type | None
-    int_bits: int | None = None  # integer columns: out-of-range ids cannot exist (and would fail)
-    max_length: int | None = None  # string columns: a longer id cannot exist
-
-    @classmethod
-    def for_column(cls, column: sa.Column[Any]) -> _Coercer:
-        col_type = column.type
-        bits = (16 if isinstance(col_type, sa.SmallInteger) else
-                64 if isinstance(col_type, sa.BigInteger) else
-                32 if isinstance(col_type, sa.Integer) else None)
-        length = getattr(col_type, "length", None) if isinstance(col_type, sa.String) else None
-        return cls(_python_type(column), bits, length)
-
-    def __call__(self, text: str) -> Any:
-        kind = self.python_type
-        try:
-            if kind is int:
-                value = int(text)
-                if self.int_bits and not -(2 ** (self.int_bits - 1)) <= value < 2 ** (
-                        self.int_bits - 1):
-                    return None
-                return value
-            if kind is uuid.UUID:
-                return str(uuid.UUID(text))
-        except (ValueError, TypeError):
-            return None
-        if self.max_length is not None and len(text) > self.max_length:
-            return None
-        return text
-
-
-def _python_type(column: sa.Column[Any]) -> type | None:
-    try:
-        return column.type.python_type
-    except NotImplementedError:
-        return None
 
 
 class TaskDatabase:
@@ -215,15 +172,8 @@ class TaskDatabase:
         cfg = self.settings.tasks
         table = self.tasks
         id_col = table.c[cfg.id_column]
-        coerce = _Coercer.for_column(id_col)
-        by_value: dict[Any, list[str]] = {}
-        invalid = set()
-        for text in task_ids:
-            value = coerce(text)
-            if value is None:
-                invalid.add(text)
-            else:
-                by_value.setdefault(value, []).append(text)
+        coerce = IdCoercer.for_column(id_col)
+        by_value, invalid = coerce.group(task_ids)
         status = table.c[cfg.status_column] if cfg.status_column else sa.null()
         active = set(cfg.active_statuses)
         array_type = postgresql.ARRAY(id_col.type)
@@ -254,15 +204,8 @@ class TaskDatabase:
                ids: Collection[str], parent_column: str = "",
                ) -> tuple[dict[str, RowState], set[str]]:
         id_col = table.c[id_column]
-        coerce = _Coercer.for_column(id_col)
-        by_value: dict[Any, list[str]] = {}
-        invalid = set()
-        for text in ids:
-            value = coerce(text)
-            if value is None:
-                invalid.add(text)
-            else:
-                by_value.setdefault(value, []).append(text)
+        coerce = IdCoercer.for_column(id_col)
+        by_value, invalid = coerce.group(ids)
         columns = [id_col]
         columns.append(table.c[status_column] if status_column else sa.null())
         columns.append(table.c[parent_column] if parent_column else sa.null())

@@ -78,17 +78,14 @@ class Verdicts:
         """`not_live_tasks`: the task ids whose rows are missing or finished, when
         `lookup.tasks` holds only those rows; None when it holds every row found."""
 
-        def problem(row_kind: str, db_id: str) -> bool:
-            if db_id in lookup.invalid:
-                return True
-            if row_kind == "task" and not_live_tasks is not None:
-                return db_id in not_live_tasks
-            return row_verdict(row_kind, db_id, lookup) is not None
+        def problems(row_kind: str, ids: AbstractSet[str]) -> frozenset[str]:
+            if row_kind == "task" and not_live_tasks is not None:  # set algebra, no loop
+                return frozenset((ids & lookup.invalid) | (ids & not_live_tasks))
+            return frozenset(db_id for db_id in ids if db_id in lookup.invalid
+                             or row_verdict(row_kind, db_id, lookup) is not None)
 
         checked = {"task": task_ids, "sub_task": sub_task_ids}
-        problems = {kind: frozenset(db_id for db_id in ids if problem(kind, db_id))
-                    for kind, ids in checked.items()}
-        return cls(checked, problems, lookup)
+        return cls(checked, {kind: problems(kind, ids) for kind, ids in checked.items()}, lookup)
 
 
 def judge_messages(messages: Iterable[Message], lookup: Lookup) -> list[Finding]:
