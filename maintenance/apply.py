@@ -23,6 +23,7 @@ from maintenance.services import Services
 
 log = structlog.get_logger(__name__)
 Record = Callable[[list[ActionRecord]], object]
+LOGGED_IDS_MAX = 20  # task ids named in each step's log line
 
 
 def _record(action: str, findings: Sequence[Finding]) -> list[ActionRecord]:
@@ -102,9 +103,9 @@ class Applier:
             self.results.mark_revoked([f.task_id for f in taken], "orphan quarantined")
             self.done["quarantined"] += len(taken)
             self.record(_record("quarantined", taken))
-            for f in taken:
-                log.info("🧹 quarantined orphan", task_id=f.task_id, db_id=f.db_id,
-                         reason=f.reason.value, location=f.location.describe())
+            # One line per step, not per message: the history holds every action.
+            log.info("🧹 quarantined orphans", count=len(taken),
+                     task_ids=[f.task_id for f in taken[:LOGGED_IDS_MAX]])
         if missing:
             self._revoke(missing)
 
@@ -119,9 +120,7 @@ class Applier:
         self.results.mark_revoked(ids, "orphan revoked", only_if_absent=True)
         self.done["revoked"] += len(ids)
         self.record(_record("revoked", findings))
-        for f in findings:
-            log.info("🚫 revoked orphan", task_id=f.task_id, db_id=f.db_id,
-                     reason=f.reason.value, location=f.location.describe())
+        log.info("🚫 revoked orphans", count=len(ids), task_ids=ids[:LOGGED_IDS_MAX])
 
     def _delete_results(self, findings: list[Finding]) -> None:
         for start in range(0, len(findings), 10_000):

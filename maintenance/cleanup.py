@@ -15,7 +15,7 @@ from typing import Any
 import structlog
 from redis.exceptions import LockError
 
-from maintenance.adapters.history import ActionRecord, HistoryStore
+from maintenance.adapters.history import ActionBuffer, HistoryStore
 from maintenance.adapters.redis_reader import broker_errors
 from maintenance.adapters.scan_summary import ScanSummaryStore
 from maintenance.adapters.stuck_rows import StuckRows
@@ -125,6 +125,7 @@ class CleanupService:
         done: Counter[str] = Counter()
         plan, report = Plan(), ScanReport(started_at=self.clock())
         applier: Applier | None = None
+        actions = ActionBuffer(self.history, run_id)
         try:
             report, plan = self._scan_and_plan(options, policy, recheck_now=False)
             if options.should_stop():  # the limit came during the scan or grace wait: act on none
@@ -137,17 +138,20 @@ class CleanupService:
             if options.confirm is not None and not options.confirm(plan, report):
                 self._finish(run_id, "declined", report, plan, done)
                 return RunResult(run_id, "declined", plan, report)
-            applier = Applier(self.services, run_id,
-                              lambda records: self._record(run_id, records),
+            applier = Applier(self.services, run_id, actions.add,
                               should_stop=options.should_stop)
             done = applier.apply(plan)
+            actions.flush()
         except UnavailableError as exc:
+            done = applier.done if applier is not None else done
+            self._flush_best_effort(actions)
             self._finish(run_id, "failed", report, plan, done, str(exc), best_effort=True)
             log.error("maintenance run failed: nothing further was changed", error=str(exc),
                       done=dict(done))
             raise
         except options.interrupted_by as exc:
             done = applier.done if applier is not None else done
+            self._flush_best_effort(actions)
             self._finish(run_id, "partial", report, plan, done,
                          f"interrupted: {type(exc).__name__}", best_effort=True)
             raise
@@ -205,8 +209,12 @@ class CleanupService:
             still.update(recheck_key(f) for f in lost if f.db_id in ids)
         return Recheck(still_bad=frozenset(still), checked_at=self.clock())
 
-    def _record(self, run_id: str, records: list[ActionRecord]) -> None:
-        self.history.record_actions(run_id, records)
+    @staticmethod
+    def _flush_best_effort(actions: ActionBuffer) -> None:
+        try:
+            actions.flush()
+        except UnavailableError as exc:
+            log.error("could not record the last actions in the history", error=str(exc))
 
     def _finish(self, run_id: str, outcome: str, report: ScanReport, plan: Plan,
                 done: Counter[str], error: str | None = None, best_effort: bool = False) -> None:

@@ -54,6 +54,35 @@ class ActionRecord:
     location: str = ""
 
 
+class ActionBuffer:
+    """Batches action rows: one insert per few thousand actions instead of one per script call.
+
+    The caller flushes it before recording the run's end, on success and on failure alike, so
+    the history still says exactly what was done; the quarantine entries themselves carry the
+    run id, so even a killed process leaves every removed message traceable and restorable.
+    """
+
+    def __init__(self, store: HistoryStore, run_id: str, max_rows: int = 5000,
+                 max_age_s: float = 2.0):
+        self.store = store
+        self.run_id = run_id
+        self.max_rows = max_rows
+        self.max_age_s = max_age_s
+        self._rows: list[ActionRecord] = []
+        self._since = time.monotonic()
+
+    def add(self, records: Iterable[ActionRecord]) -> None:
+        if not self._rows:
+            self._since = time.monotonic()
+        self._rows.extend(records)
+        if len(self._rows) >= self.max_rows or time.monotonic() - self._since >= self.max_age_s:
+            self.flush()
+
+    def flush(self) -> None:
+        rows, self._rows = self._rows, []
+        self.store.record_actions(self.run_id, rows)
+
+
 class HistoryStore:
     """Writes are small and committed at once, so a run that dies mid-way leaves a true record."""
 
