@@ -214,7 +214,7 @@ class Quarantine:
     def compact(self, key: str, tombstone: bytes) -> int:
         """The one O(n) command per list per run: drop every tombstone at once."""
         with broker_errors(f"compacting {key!r}"):
-            return int(self.client.lrem(key, 0, tombstone))
+            return int(self.client.lrem(key, 0, tombstone.decode()))
 
     # -- unacked --------------------------------------------------------------------------------
     def take_unacked(self, findings: Sequence[Finding], meta_of: Any,
