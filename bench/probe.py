@@ -19,6 +19,7 @@ from typing import Any
 import redis
 
 SLOWLOG_THRESHOLD_US = 1000
+SCAN_COMMANDS = ("lrange", "evalsha", "scan", "hscan", "keys", "get")
 
 
 @dataclass(frozen=True)
@@ -30,14 +31,16 @@ class ProbeStats:
     over_5ms: int
     slowest_server_ms: float  # slowest command Redis itself logged (SLOWLOG), 0 if none > 1 ms
     slowest_command: str
+    per_call_us: dict[str, float]  # the scan's commands: Redis's mean time per call (µs)
 
     def describe(self) -> str:
         server = (f"server's slowest command {self.slowest_server_ms:.2f} ms "
                   f"({self.slowest_command})" if self.slowest_server_ms else
                   f"no server command over {SLOWLOG_THRESHOLD_US / 1000:.0f} ms")
+        means = ", ".join(f"{name} {us:,.0f} µs" for name, us in self.per_call_us.items())
         return (f"probe max {self.max_ms:.2f} ms, p99 {self.p99_ms:.2f} ms, "
                 f"p50 {self.p50_ms:.3f} ms over {self.pings:,} pings ({self.over_5ms} > 5 ms); "
-                f"{server}")
+                f"{server}; mean per call: {means}")
 
 
 def _run(url: str, stop: Any, out: Connection, nice: int) -> None:
@@ -79,6 +82,7 @@ class Probe:
         admin = redis.Redis.from_url(self.url)
         admin.config_set("slowlog-log-slower-than", SLOWLOG_THRESHOLD_US)
         admin.slowlog_reset()
+        admin.config_resetstat()
         admin.close()
         self._stop = self._ctx.Event()
         self._recv, send = self._ctx.Pipe(duplex=False)
@@ -95,12 +99,15 @@ class Probe:
         self._process.join(10)
         admin = redis.Redis.from_url(self.url)
         slow = [e for e in admin.slowlog_get(128) if not _is_own(e)]
+        commands = admin.info("commandstats")
         admin.close()
         worst = max(slow, key=lambda e: e["duration"], default=None)
+        per_call = {name: float(commands[f"cmdstat_{name}"]["usec_per_call"])
+                    for name in SCAN_COMMANDS if f"cmdstat_{name}" in commands}
         self.stats = ProbeStats(
             pings, max_ms, p99, p50, over,
             worst["duration"] / 1000 if worst else 0.0,
-            _command_text(worst["command"]) if worst else "")
+            _command_text(worst["command"]) if worst else "", per_call)
 
 
 def _is_own(entry: dict[str, Any]) -> bool:
