@@ -146,6 +146,11 @@ def bench_size(n: int, redis_url: str, pg: PostgresServer, work: Path,
     size_dir.mkdir(exist_ok=True)
     config = write_config(size_dir / "maintenance.toml", redis_url, db_url)
     messages = planted.messages + planted.unacked
+    with Probe(redis_url, nice=args.probe_nice) as idle:
+        time.sleep(3)
+    assert idle.stats is not None
+    print(f"probe baseline, 3 s with nothing else running: max {idle.stats.max_ms:.2f} ms, "
+          f"p99 {idle.stats.p99_ms:.2f} ms", flush=True)
     runs = []
     for i in range(1, args.runs + 1):
         runs.append(run_check(config, redis_url, planted, args.probe_nice))
