@@ -45,6 +45,7 @@ class CheckRun:
     report_s: float
     peak_rss_mib: float  # the check process
     child_rss_mib: float  # its forked result scan (RSS counts pages shared with the parent)
+    child_private_mib: float  # ... of which its own pages
     exit_code: int
     probe: ProbeStats
     problems: tuple[str, ...]  # differences between the report and what was planted
@@ -69,7 +70,8 @@ def run_check(config: Path, redis_url: str, planted: Planted, nice: int) -> Chec
     if doc is None:
         sys.exit(f"check failed (exit {proc.returncode}):\n{err_path.read_text()[-3000:]}")
     return CheckRun(wall_s, float(doc["duration_s"]), peaks.main_mib, peaks.child_mib,
-                    proc.returncode, probe.stats, tuple(verify(doc, planted)))
+                    peaks.child_private_mib, proc.returncode, probe.stats,
+                    tuple(verify(doc, planted)))
 
 
 def _report_head(text: bytes) -> dict[str, Any] | None:
@@ -123,7 +125,8 @@ def describe_check(i: int, run: CheckRun, messages: int) -> str:
         "MISMATCH: " + "; ".join(run.problems)
     return (f"check run {i}: wall {run.wall_s:.2f} s (scan {run.report_s:.2f} s), "
             f"{messages / run.wall_s:,.0f} msgs/s, peak RSS {run.peak_rss_mib:.0f} MiB "
-            f"(forked result scan {run.child_rss_mib:.0f} MiB, partly shared), "
+            f"(+ forked result scan: RSS {run.child_rss_mib:.0f} MiB, of which "
+            f"{run.child_private_mib:.0f} MiB its own), "
             f"exit {run.exit_code}\n    {run.probe.describe()}\n    {verdict}")
 
 
@@ -167,14 +170,14 @@ def bench_size(n: int, redis_url: str, pg: PostgresServer, work: Path,
 
 def summary(rows: list[dict[str, Any]]) -> None:
     print("\n== summary (median of check runs) ==")
-    print(f"{'N':>10}  {'check s':>8}  {'msgs/s':>9}  {'RSS MiB':>7}  {'fork MiB':>8}  "
+    print(f"{'N':>10}  {'check s':>8}  {'msgs/s':>9}  {'RSS MiB':>7}  {'+fork own':>9}  "
           f"{'probe max ms':>12}  {'p99 ms':>6}  {'naive s':>8}  {'ratio':>6}  ok")
     for row in rows:
         runs: list[CheckRun] = row["runs"]
         naive: NaiveRun | None = row["naive"]
         print(f"{row['n']:>10,}  {row['wall']:>8.2f}  {row['messages'] / row['wall']:>9,.0f}  "
               f"{max(r.peak_rss_mib for r in runs):>7.0f}  "
-              f"{max(r.child_rss_mib for r in runs):>8.0f}  "
+              f"{max(r.child_private_mib for r in runs):>9.0f}  "
               f"{max(r.probe.max_ms for r in runs):>12.2f}  "
               f"{max(r.probe.p99_ms for r in runs):>6.2f}  "
               f"{naive.total_s if naive else float('nan'):>8.1f}  "

@@ -21,6 +21,18 @@ def _hwm_kib(pid: int) -> int:
     return 0
 
 
+def _private_kib(pid: int) -> int:
+    """Pages the process does not share (a fork's copy-on-write pages it has written)."""
+    total = 0
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith(("Private_Clean:", "Private_Dirty:")):
+                total += int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        return 0
+    return total
+
+
 def _children(pid: int) -> list[int]:
     try:
         return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
@@ -34,11 +46,16 @@ class MemoryPeaks:
 
     main_kib: int = 0
     child_kib: int = 0  # the largest child (the forked result scan); shares pages with main
+    child_private_kib: int = 0  # ... and the most of it that was its own
+    samples: int = 0
 
     def sample(self, pid: int) -> None:
         self.main_kib = max(self.main_kib, _hwm_kib(pid))
+        self.samples += 1
         for child in _children(pid):
             self.child_kib = max(self.child_kib, _hwm_kib(child))
+            if self.samples % 10 == 0:  # smaps_rollup walks the mappings: now and then
+                self.child_private_kib = max(self.child_private_kib, _private_kib(child))
 
     @property
     def main_mib(self) -> float:
@@ -47,3 +64,7 @@ class MemoryPeaks:
     @property
     def child_mib(self) -> float:
         return self.child_kib / 1024
+
+    @property
+    def child_private_mib(self) -> float:
+        return self.child_private_kib / 1024

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
-Report = Callable[[int], None]  # progress: a count, sent from the child to the parent
+Report = Callable[[Any], None]  # sends a value from the child to the parent as it goes
 _HEADER = struct.Struct("!cQ")  # frame kind, payload length
 PROGRESS, RESULT, ERROR = b"p", b"r", b"e"
 
@@ -40,7 +40,8 @@ class ForkedCall(Generic[T]):
         self._pipe = os.fdopen(read_fd, "rb")
 
     def result(self, progress: Report) -> T:
-        """Block (releasing the GIL) until the child answers; re-raise what it raised."""
+        """Block (releasing the GIL) until the child answers, passing what it reports on to
+        `progress`; re-raise what it raised."""
         try:
             while True:
                 header = self._pipe.read(_HEADER.size)
@@ -74,7 +75,7 @@ def _child(fn: Callable[[Report], T], write_fd: int) -> None:
                 pipe.flush()
 
             try:
-                send(RESULT, fn(lambda count: send(PROGRESS, count)))
+                send(RESULT, fn(lambda value: send(PROGRESS, value)))
             except BaseException as exc:  # every failure goes to the parent
                 send(ERROR, _portable(exc))
     except BaseException:  # the parent is gone: nothing left to tell

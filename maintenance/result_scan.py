@@ -30,53 +30,61 @@ class ResultScan:
 
 
 def scan_results(reader: RedisReader, now: float, retention_s: float, only: str | None,
-                 report: Report, stop: threading.Event | None = None) -> ResultScan:
+                 report: Report, stop: threading.Event | None = None) -> list[str]:
+    """Reports (keys read, findings) per SCAN batch as it goes, so that a forked child never
+    holds them all; returns the notes of a `--task-id` scan."""
     def maybe_stale(date_done: float | None, ttl_s: int) -> bool:
         return result_verdict(date_done, ttl_s, now, retention_s) is not None
 
-    found = ResultScan()
+    notes: list[str] = []
     # A whole scan builds metas only for stale keys; --task-id notes the fine one too.
     keep = maybe_stale if only is None else None
     for read, chunk in reader.iter_result_chunks(keep):
         if stop is not None and stop.is_set():
             break
-        found.scanned += read
-        report(found.scanned)
+        findings = []
         for meta in chunk:
             if only is not None and meta.task_id != only:
                 continue
             finding = judge_result(meta, now, retention_s)
             if finding is not None:
-                found.findings.append(finding)
+                findings.append(finding)
             elif only is not None:
-                found.notes.append(f"result {meta.status} at {meta.key}")
-    return found
+                notes.append(f"result {meta.status} at {meta.key}")
+        report((read, findings))
+    return notes
 
 
 class BackgroundResults:
     """Started before the queue scan (so a fork happens before any thread exists), collected
     after it with `wait`, or abandoned with `cancel` when the scan fails."""
 
-    def __init__(self, side: ThreadPoolExecutor, work: Callable[[Report, threading.Event],
-                                                                ResultScan]):
-        self.scanned = 0
+    def __init__(self, side: ThreadPoolExecutor,
+                 work: Callable[[Report, threading.Event], list[str]]):
+        self.found = ResultScan()
         self._stop = threading.Event()
-        self._call: ForkedCall[ResultScan] | None = None
+        self._call: ForkedCall[list[str]] | None = None
         if CAN_FORK:
             self._call = ForkedCall(lambda report: work(report, self._stop))
-            self._job: Future[ResultScan] = side.submit(self._call.result, self._seen)
+            self._job: Future[list[str]] = side.submit(self._call.result, self._add)
         else:
-            self._job = side.submit(work, self._seen, self._stop)
+            self._job = side.submit(work, self._add, self._stop)
 
-    def _seen(self, count: int) -> None:
-        self.scanned = count
+    def _add(self, part: tuple[int, list[Finding]]) -> None:
+        """On the side thread, per SCAN batch; the main thread reads only `scanned` meanwhile."""
+        read, findings = part
+        self.found.findings.extend(findings)
+        self.found.scanned += read
 
     def wait(self, progress: Progress) -> ResultScan:
         while True:
             try:
-                return self._job.result(timeout=0.2)  # re-raises BrokerUnavailable: no verdict
+                notes = self._job.result(timeout=0.2)  # re-raises BrokerUnavailable
             except TimeoutError:
-                progress("results", self.scanned, None)
+                progress("results", self.found.scanned, None)
+                continue
+            self.found.notes.extend(notes)
+            return self.found
 
     def cancel(self) -> None:
         self._stop.set()  # a thread stops at its next chunk

@@ -12,7 +12,7 @@ import pytest
 from maintenance import result_scan
 from maintenance.errors import BrokerUnavailable
 from maintenance.forked import ForkedCall, Report
-from maintenance.result_scan import BackgroundResults, ResultScan
+from maintenance.result_scan import BackgroundResults
 
 
 def test_result_and_progress_come_back_from_the_child() -> None:
@@ -51,12 +51,13 @@ def test_thread_fallback_without_fork(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(result_scan, "CAN_FORK", False)
     threads: list[str] = []
 
-    def work(report: Report, stop: threading.Event) -> ResultScan:
+    def work(report: Report, stop: threading.Event) -> list[str]:
         threads.append(threading.current_thread().name)
-        report(5)
-        return ResultScan(scanned=5)
+        report((5, []))
+        report((2, []))
+        return ["a note"]
 
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="side") as side:
         found = BackgroundResults(side, work).wait(lambda phase, done, total: None)
-    assert found.scanned == 5
+    assert (found.scanned, found.notes) == (7, ["a note"])
     assert threads and threads[0].startswith("side")
