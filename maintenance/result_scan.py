@@ -64,7 +64,9 @@ class BackgroundResults:
         self.found = ResultScan()
         self._stop = threading.Event()
         self._call: ForkedCall[list[str]] | None = None
-        if CAN_FORK:
+        # Fork only a single-threaded process: a lock another thread held at the fork (logging,
+        # a connection pool) would stay locked forever in the child.
+        if CAN_FORK and threading.active_count() == 1:
             self._call = ForkedCall(lambda report: work(report, self._stop))
             self._job: Future[list[str]] = side.submit(self._call.result, self._add)
         else:
