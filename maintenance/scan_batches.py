@@ -21,9 +21,9 @@ from maintenance.core.models import Finding, FindingKind, Location, Message, Whe
 from maintenance.core.report import ScanReport, place_name
 
 MAX_IN_FLIGHT = 2
-# A queued message read the quick way: (what quick_read said, place, list index). Only the few
-# that turn out not fine become a Message, for their finding.
-Queued = tuple[Quick, Location, int]
+# Consecutive queued messages read the quick way: (place, list index of the first, what
+# quick_read said of each). Only the few that turn out not fine become a Message, for a finding.
+Segment = tuple[Location, int, list[Quick]]
 LookUp = Callable[[AbstractSet[str], AbstractSet[str]], Verdicts]  # (task ids, sub-task ids)
 
 
@@ -47,10 +47,11 @@ class LookupBatcher:
         self.held_ids: set[str] | None = None
         self.seen_held: set[str] = set()
         self._seen_early: set[str] = set()
-        self.batch: list[Message | Queued] = []
-        self.task_ids: set[str] = set()  # ... the ids in `batch`, to look up
+        self.batch: list[Message | Segment] = []
+        self.managed = 0  # managed messages in `batch`, and their ids to look up
+        self.task_ids: set[str] = set()
         self.sub_ids: set[str] = set()
-        self.in_flight: deque[tuple[list[Message | Queued], Future[Verdicts]]] = deque()
+        self.in_flight: deque[tuple[list[Message | Segment], Future[Verdicts]]] = deque()
 
     def add(self, msg: Message) -> None:
         self.lost.saw(msg)
@@ -97,16 +98,23 @@ class LookupBatcher:
             self.lost.saw_many((r[0], r[1], r[2]) for r in reads)
         if self.held_ids is None or self.held_ids:
             self._saw_task_ids(r[0] for r in reads)
-        managed = [(read, place, start + i) for i, read in enumerate(reads) if read[2] is not None]
+        managed = 0
+        for read in reads:
+            row_kind, db_id = read[1], read[2]
+            if db_id is None:  # unmanaged
+                continue
+            managed += 1
+            if db_id and row_kind == "task":
+                self.task_ids.add(db_id)
+            elif db_id and row_kind == "sub_task":
+                self.sub_ids.add(db_id)
         stats = self.report.place(place_name(place.where, place.queue, place.priority))
         stats.messages += len(reads)
-        stats.managed += len(managed)
-        stats.unmanaged += len(reads) - len(managed)
-        self.batch.extend(managed)
-        self.task_ids.update(r[2] for r, _, _ in managed if r[2] and r[1] == "task")
-        self.sub_ids.update(r[2] for r, _, _ in managed if r[2] and r[1] == "sub_task")
-        if len(self.batch) >= self.batch_size:
-            self._submit()
+        stats.managed += managed
+        stats.unmanaged += len(reads) - managed
+        if managed:
+            self.batch.append((place, start, reads))
+            self._grew(managed)
 
     def know_held(self, held: tuple[Message, ...]) -> None:
         """The workers answered: match what was read before they did."""
@@ -124,17 +132,21 @@ class LookupBatcher:
     def _full(self, raw: bytes, place: Location, index: int) -> Message:
         return parse_list_element(raw, replace(place, index=index), self.bindings)
 
-    def _append(self, item: Message | Queued, row_kind: str, db_id: str | None) -> None:
-        self.batch.append(item)
+    def _append(self, msg: Message, row_kind: str, db_id: str | None) -> None:
+        self.batch.append(msg)
         if db_id and row_kind == "task":
             self.task_ids.add(db_id)
         elif db_id and row_kind == "sub_task":
             self.sub_ids.add(db_id)
-        if len(self.batch) >= self.batch_size:
+        self._grew(1)
+
+    def _grew(self, managed: int) -> None:
+        self.managed += managed
+        if self.managed >= self.batch_size:
             self._submit()
 
     def _submit(self) -> None:
-        batch, self.batch = self.batch, []
+        batch, self.batch, self.managed = self.batch, [], 0
         task_ids, sub_ids, self.task_ids, self.sub_ids = self.task_ids, self.sub_ids, set(), set()
         future = self.pool.submit(self.verdicts, task_ids, sub_ids)
         self.in_flight.append((batch, future))
@@ -147,29 +159,33 @@ class LookupBatcher:
         while self.in_flight:
             self._judge(*self.in_flight.popleft())
 
-    def _judge(self, batch: Iterable[Message | Queued], future: Future[Verdicts]) -> None:
+    def _judge(self, batch: Iterable[Message | Segment], future: Future[Verdicts]) -> None:
         verdicts = future.result()  # re-raises DatabaseUnavailable: no verdict on this batch
         now = self.clock()
-        fine_id = verdicts.fine
+        fine = verdicts.fine
         for item in batch:
-            if type(item) is tuple:
-                read, place, index = item
-                if fine_id(read[1], read[2]):
-                    continue
-                msg, fine = quick_message(read, replace(place, index=index)), False
-            else:
+            if type(item) is not tuple:
                 msg = item
-                fine = (msg.problem is None and msg.db_id is not None
-                        and fine_id(msg.row_kind, msg.db_id))
-            finding = None if fine else judge_message(msg, verdicts.lookup)
-            if finding is None:
-                if self.only is not None:
-                    self.report.notes.append(f"present at {msg.location.describe()}: row ok")
+                ok = msg.problem is None and msg.db_id is not None and fine(msg.row_kind,
+                                                                           msg.db_id)
+                self._verdict(msg, None if ok else judge_message(msg, verdicts.lookup), now)
                 continue
-            if msg.taken_at is not None:
-                finding = replace(finding, age_s=max(0.0, now - msg.taken_at))
-            self._count(finding)
-            self.report.findings.append(finding)
+            place, start, reads = item
+            for offset, read in enumerate(reads):
+                if read[2] is None or fine(read[1], read[2]):  # unmanaged, or its row is live
+                    continue
+                msg = quick_message(read, replace(place, index=start + offset))
+                self._verdict(msg, judge_message(msg, verdicts.lookup), now)
+
+    def _verdict(self, msg: Message, finding: Finding | None, now: float) -> None:
+        if finding is None:
+            if self.only is not None:
+                self.report.notes.append(f"present at {msg.location.describe()}: row ok")
+            return
+        if msg.taken_at is not None:
+            finding = replace(finding, age_s=max(0.0, now - msg.taken_at))
+        self._count(finding)
+        self.report.findings.append(finding)
 
     def _count(self, finding: Finding) -> None:
         loc = finding.location
