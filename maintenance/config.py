@@ -48,7 +48,7 @@ class RedisSettings:
 @dataclass(frozen=True)
 class DatabaseSettings:
     url: str = "sqlite:///task_maintenance.db"
-    batch_size: int = 5000  # ids per look-up query
+    batch_size: int = 5000  # ids per look-up query; at 10000 PostgreSQL hash-joins a full scan
     pool_size: int = 5
     connect_timeout_s: float = 10.0
 
