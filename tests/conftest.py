@@ -18,7 +18,7 @@ from celery import Celery
 
 from maintenance.config import Settings, load_settings
 from maintenance.demo.schema import create_schema
-from tests.servers import PostgresServer, RedisServer, free_port, temp_dir
+from tests.servers import PostgresServer, RedisServer, free_port, remove_dir, temp_dir
 
 ROOT = Path(__file__).resolve().parent.parent
 _db_counter = itertools.count()
@@ -29,6 +29,7 @@ def redis_server() -> Iterator[RedisServer]:
     server = RedisServer(free_port(), temp_dir("tm-redis-")).start()
     yield server
     server.stop()
+    remove_dir(server.directory)
 
 
 @pytest.fixture(scope="session")
@@ -36,6 +37,7 @@ def pg_server() -> Iterator[PostgresServer]:
     server = PostgresServer(free_port(), temp_dir("tm-pg-")).start()
     yield server
     server.stop()
+    remove_dir(server.directory)
 
 
 @pytest.fixture

@@ -141,5 +141,10 @@ class PostgresServer:
         os.kill(pid, signal.SIGKILL)
 
 
+def remove_dir(directory: Path) -> None:
+    """Delete a server's temp dir once the server has stopped (data of a test run is not kept)."""
+    shutil.rmtree(directory, ignore_errors=True)
+
+
 def temp_dir(prefix: str) -> Path:
     return Path(tempfile.mkdtemp(prefix=prefix))
