@@ -11,6 +11,7 @@ import pytest
 import sqlalchemy as sa
 
 from maintenance.adapters.database import TaskDatabase
+from maintenance.adapters.id_coercion import pg_array_literal
 from maintenance.config import Settings, settings_from_mapping
 from maintenance.core.bindings import Binding, BindingTable
 from maintenance.core.diff import Verdicts, judge_message
@@ -120,3 +121,18 @@ def test_verdicts_judge_exactly_like_the_full_lookup(database_url: str) -> None:
                 assert judge_message(msg, verdicts.lookup) == expected, (kind, db_id)
     assert not verdicts.fine("task", "never-looked-up")
     engine.dispose()
+
+
+@pytest.mark.parametrize("values", [
+    ["a", "b-1", "c_2"], [1, -2, 30], [], ["with space", 'quo"te', "back\\slash", "{brace}",
+                                         "com,ma", "", "NULL", "null", "nullx", "ünï"],
+])
+def test_pg_array_literal_round_trips(database_url: str, values: list[object]) -> None:
+    """The one-string array parameter the look-ups send means exactly the ids given."""
+    engine = sa.create_engine(database_url)
+    array_type = "integer[]" if values and isinstance(values[0], int) else "text[]"
+    with engine.connect() as conn:
+        got = conn.execute(sa.text(f"SELECT CAST(:v AS {array_type})"),
+                           {"v": pg_array_literal(values)}).scalar_one()
+    engine.dispose()
+    assert got == values

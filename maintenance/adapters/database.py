@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Engine
 
-from maintenance.adapters.id_coercion import IdCoercer
+from maintenance.adapters.id_coercion import IdCoercer, pg_array_literal
 from maintenance.config import Settings, SubTaskTableSettings, TaskTableSettings
 from maintenance.core.diff import Lookup, Verdicts
 from maintenance.core.models import RowState, StuckRow
@@ -177,7 +177,9 @@ class TaskDatabase:
         status = table.c[cfg.status_column] if cfg.status_column else sa.null()
         active = set(cfg.active_statuses)
         array_type = postgresql.ARRAY(id_col.type)
-        ids = sa.cast(sa.bindparam("ids", type_=array_type), array_type)
+        # One text parameter in array syntax: a list parameter is expanded into an ARRAY[...] of
+        # 5000 quoted literals, which costs psycopg2 and PostgreSQL ~7 ms more per batch.
+        ids = sa.cast(sa.bindparam("ids", type_=sa.Text()), array_type)
         wanted = sa.func.unnest(ids).table_valued(
             sa.column("id", id_col.type)).render_derived(name="wanted")
         gone = id_col.is_(None)
@@ -191,7 +193,7 @@ class TaskDatabase:
         batch = self.settings.database.batch_size
         for start in range(0, len(values), batch):
             chunk = values[start:start + batch]
-            for row_id, found, state in conn.execute(query, {"ids": chunk}):
+            for row_id, found, state in conn.execute(query, {"ids": pg_array_literal(chunk)}):
                 texts = by_value.get(coerce(str(row_id)), ())
                 not_live.update(texts)
                 if found:

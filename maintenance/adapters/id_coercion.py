@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import re
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -71,3 +72,19 @@ def _python_type(column: sa.Column[Any]) -> type | None:
         return column.type.python_type
     except NotImplementedError:
         return None
+
+
+_NEEDS_QUOTES = re.compile(r'[{}"\\\s]|(?:^|,)null(?:,|$)', re.IGNORECASE)
+
+
+def pg_array_literal(values: Sequence[Any]) -> str:
+    """PostgreSQL's text form of an array: joined as is when no element needs quoting (ids
+    usually do not), else every element quoted and escaped."""
+    texts = [v if isinstance(v, str) else str(v) for v in values]
+    joined = ",".join(texts)
+    plain = (joined.count(",") == len(texts) - 1 and "" not in texts
+             and not _NEEDS_QUOTES.search(joined))
+    if plain and texts:
+        return "{" + joined + "}"
+    return "{" + ",".join('"' + t.replace("\\", "\\\\").replace('"', '\\"') + '"'
+                          for t in texts) + "}"
