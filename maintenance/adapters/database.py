@@ -228,9 +228,10 @@ class TaskDatabase:
 
     def _id_filter(self, column: sa.Column[Any], values: list[Any]) -> sa.ColumnElement[bool]:
         if self.engine.dialect.name == "postgresql":
-            # One array parameter instead of thousands of bind parameters.
+            # One array-literal parameter instead of thousands of bind parameters.
             array_type = postgresql.ARRAY(column.type)
-            return column == sa.any_(sa.cast(sa.literal(values, array_type), array_type))
+            ids = sa.literal(pg_array_literal(values), sa.Text())
+            return column == sa.any_(sa.cast(ids, array_type))
         return column.in_(values)
 
     # -- the reverse check ----------------------------------------------------------------------
