@@ -94,8 +94,7 @@ class LookupBatcher:
 
     def _add_reads(self, reads: list[Quick], start: int, place: Location) -> None:
         """Consecutive quickly-read messages, a chunk at a time: per-message calls add up."""
-        if self.lost:
-            self.lost.saw_many((r[0], r[1], r[2]) for r in reads)
+        self.lost.saw_many(reads)
         if self.held_ids is None or self.held_ids:
             self._saw_task_ids(r[0] for r in reads)
         managed = 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import random
 from typing import Any
 
 import pytest
@@ -14,9 +15,9 @@ from maintenance.adapters.database import TaskDatabase
 from maintenance.adapters.id_coercion import pg_array_literal
 from maintenance.config import Settings, settings_from_mapping
 from maintenance.core.bindings import Binding, BindingTable
-from maintenance.core.diff import Verdicts, judge_message
+from maintenance.core.diff import LostTracker, Verdicts, judge_message
 from maintenance.core.envelope import parse_list_element, quick_message, quick_read
-from maintenance.core.models import Location, Message, Where
+from maintenance.core.models import Location, Message, StuckRow, Where
 from maintenance.demo.schema import sub_tasks, tasks, utcnow
 
 BINDINGS = BindingTable((
@@ -136,3 +137,18 @@ def test_pg_array_literal_round_trips(database_url: str, values: list[object]) -
                            {"v": pg_array_literal(values)}).scalar_one()
     engine.dispose()
     assert got == values
+
+
+def test_lost_tracker_saw_many_crosses_off_what_saw_ids_does() -> None:
+    """A chunk seen at once crosses off exactly the rows its messages cross off one by one."""
+    rng = random.Random(7)
+    rows = [StuckRow(f"r{i}", rng.choice(["task", "sub_task"]), "pending", 0.0,
+                     celery_id=f"c{i}" if i % 3 else None) for i in range(200)]
+    seen = [(f"c{rng.randrange(400)}", rng.choice(["task", "sub_task", ""]),
+             rng.choice([f"r{rng.randrange(400)}", None])) for _ in range(300)]
+    one_by_one, at_once = LostTracker(rows), LostTracker(rows)
+    for task_id, row_kind, db_id in seen:
+        one_by_one.saw_ids(row_kind, db_id, task_id)
+    at_once.saw_many(seen)
+    assert len(at_once) < len(rows)
+    assert [f.db_id for f in at_once.findings(1.0)] == [f.db_id for f in one_by_one.findings(1.0)]

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
+from typing import Any
 
 from maintenance.core.models import (
     Finding,
@@ -153,6 +154,7 @@ class LostTracker:
             self._rows[key] = row
             if row.celery_id:
                 self._by_celery_id[row.celery_id] = key
+        self._db_ids = {db_id for _, db_id in self._rows}  # a superset once rows are seen
 
     def __len__(self) -> int:
         return len(self._rows)
@@ -160,10 +162,17 @@ class LostTracker:
     def saw(self, msg: Message) -> None:
         self.saw_ids(msg.row_kind, msg.db_id, msg.task_id)
 
-    def saw_many(self, seen: Iterable[tuple[str, str, str | None]]) -> None:
-        """(task id, row kind, database id) of messages seen."""
-        for task_id, row_kind, db_id in seen:
-            self.saw_ids(row_kind, db_id, task_id)
+    def saw_many(self, seen: Sequence[Sequence[Any]]) -> None:
+        """Messages seen, as (task id, row kind, database id, ...). A chunk at a time: the few
+        candidates are found by set intersection, not by a look-up per message."""
+        if not self._rows:
+            return
+        db_ids = {s[2] for s in seen} & self._db_ids
+        task_ids = {s[0] for s in seen} & self._by_celery_id.keys()
+        if db_ids or task_ids:
+            for task_id, row_kind, db_id, *_ in seen:
+                if db_id in db_ids or task_id in task_ids:
+                    self.saw_ids(row_kind, db_id, task_id)
 
     def saw_ids(self, row_kind: str, db_id: str | None, task_id: str) -> None:
         if not self._rows:
