@@ -73,11 +73,10 @@ def write_report_json(report: ScanReport, out: BinaryIO, flush_bytes: int = 1 <<
     head = orjson.dumps(report.as_dict(with_findings=False), option=indent, default=str)
     buf = bytearray(head[:-2])  # reopen the object: drop the closing "\n}"
     buf += b',\n  "findings": ['
-    findings = report.findings
-    for start in range(0, len(findings), 5000):  # orjson a list at a time, re-indented a level
-        part = orjson.dumps([f.as_dict() for f in findings[start:start + 5000]], option=indent,
-                            default=str)
-        buf += (b"," if start else b"") + part[1:-2].replace(b"\n", b"\n  ")
+    for i, finding in enumerate(report.findings):
+        buf += b",\n    " if i else b"\n    "
+        buf += orjson.dumps(finding.as_dict(), option=indent, default=str).replace(b"\n",
+                                                                                 b"\n    ")
         if len(buf) >= flush_bytes:
             out.write(buf)
             buf.clear()
