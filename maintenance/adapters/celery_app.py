@@ -19,6 +19,10 @@ def broker_transport_options(settings: Settings) -> dict[str, Any]:
         "retry_on_timeout": settings.redis.retry_on_timeout,
         "socket_timeout": settings.redis.socket_timeout_s,
         "socket_connect_timeout": settings.redis.socket_timeout_s,
+        # Our control connections (ping, inspect, revoke) are kombu consumers, and kombu has
+        # every consumer move unacked messages past the visibility timeout back to their queues.
+        # That is the app's workers' job; `check` must change nothing, so ours restores none.
+        "unacked_restore_limit": 0,
     }
     options.update(settings.redis.transport_options)
     return options
