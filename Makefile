@@ -23,6 +23,7 @@ demo: system-deps install
 
 test: install
 	$(BIN)/ruff check maintenance tests bench scripts
+	$(BIN)/mypy
 	$(BIN)/python -m pytest -q
 
 lint: install

@@ -163,7 +163,7 @@ class LookupBatcher:
         now = self.clock()
         fine = verdicts.fine
         for item in batch:
-            if type(item) is not tuple:
+            if not isinstance(item, tuple):
                 msg = item
                 ok = msg.problem is None and msg.db_id is not None and fine(msg.row_kind,
                                                                            msg.db_id)

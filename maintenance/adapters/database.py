@@ -182,7 +182,7 @@ class TaskDatabase:
         ids = sa.cast(sa.bindparam("ids", type_=sa.Text()), array_type)
         wanted = sa.func.unnest(ids).table_valued(
             sa.column("id", id_col.type)).render_derived(name="wanted")
-        gone = id_col.is_(None)
+        gone: sa.ColumnElement[bool] = id_col.is_(None)
         if cfg.status_column:
             gone = sa.or_(gone, status.is_(None), status.not_in(list(active)))
         query = (sa.select(wanted.c.id, id_col.is_not(None), status)
@@ -208,7 +208,7 @@ class TaskDatabase:
         id_col = table.c[id_column]
         coerce = IdCoercer.for_column(id_col)
         by_value, invalid = coerce.group(ids)
-        columns = [id_col]
+        columns: list[sa.ColumnElement[Any]] = [id_col]
         columns.append(table.c[status_column] if status_column else sa.null())
         columns.append(table.c[parent_column] if parent_column else sa.null())
         active = set(self.settings.tasks.active_statuses)
@@ -284,7 +284,7 @@ def _as_epoch(value: Any) -> float | None:
     if isinstance(value, datetime):
         if value.tzinfo is None:
             value = value.replace(tzinfo=UTC)
-        return value.timestamp()
+        return float(value.timestamp())
     if isinstance(value, int | float):
         return float(value)
     return None

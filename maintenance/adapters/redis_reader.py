@@ -102,14 +102,15 @@ class RedisReader:
         """HSCAN the unacked hash, with each tag's unacked_index score (when a worker took it)."""
         cursor: int = 0
         while True:
-            def scan(cursor: int = cursor) -> tuple[int, dict[bytes, bytes]]:
-                return self.broker.hscan(self.layout.unacked, cursor, count=self.chunk_size)
+            def scan(cursor: int = cursor) -> tuple[int, dict[Any, Any]]:
+                return self.broker.hscan(self.layout.unacked, cursor,  # type: ignore[return-value]
+                                         count=self.chunk_size)
 
             cursor, entries = call_redis("scanning the unacked hash", scan)
             if entries:
                 tags = list(entries)
 
-                def scores(tags: list[bytes] = tags) -> list[float | None]:
+                def scores(tags: list[Any] = tags) -> list[float | None]:
                     return self.broker.zmscore(self.layout.unacked_index, tags)
 
                 taken = call_redis("reading unacked_index", scores)
@@ -131,13 +132,15 @@ class RedisReader:
         cursor: int = 0
         match = self.result_layout.match
         while True:
-            def scan(cursor: int = cursor) -> tuple[int, list[bytes]]:
+            def scan(cursor: int = cursor) -> tuple[int, list[Any]]:
                 return self.results.scan(cursor, match=match, count=self.chunk_size)
 
             cursor, keys = call_redis("scanning result keys", scan)
             if keys:
-                yield call_redis("reading result keys",
-                                 lambda keys=keys: self._metas(keys, keep))
+                def metas(keys: list[Any] = keys) -> tuple[int, list[ResultMeta]]:
+                    return self._metas(keys, keep)
+
+                yield call_redis("reading result keys", metas)
             if cursor == 0:
                 return
 
