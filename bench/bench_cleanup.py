@@ -121,7 +121,7 @@ def _latency_line(info: Any, command: str) -> str:
 
 
 def _placeholder_probe() -> ProbeStats:
-    return ProbeStats(0, 0.0, 0.0, 0.0, 0, 0.0, "")
+    return ProbeStats(0, 0.0, 0.0, 0.0, 0, 0.0, "", {})
 
 
 def _text(command: Any) -> str:
