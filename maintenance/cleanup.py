@@ -139,7 +139,7 @@ class CleanupService:
                 self._finish(run_id, "declined", report, plan, done)
                 return RunResult(run_id, "declined", plan, report)
             applier = Applier(self.services, run_id, actions.add,
-                              should_stop=options.should_stop)
+                              should_stop=options.should_stop, progress=self.progress)
             done = applier.apply(plan)
             actions.flush()
         except UnavailableError as exc:

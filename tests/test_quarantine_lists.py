@@ -10,7 +10,7 @@ import pytest
 import redis
 
 import maintenance.adapters.quarantine as quarantine_module
-from maintenance.adapters.quarantine import Quarantine, tombstone_for
+from maintenance.adapters.quarantine import Quarantine, split_entry, tombstone_for
 from maintenance.adapters.redis_layout import BrokerLayout, OwnKeys
 from maintenance.core.models import Finding, FindingKind, Location, Reason, Where
 
@@ -74,5 +74,13 @@ def test_orphans_found_while_producers_push_and_workers_pop(
     assert [t for t in after if not t.startswith("late")] == [
         t for t in kept if t not in popped]
     stored: dict[Any, Any] = redis_client.hgetall("task-maintenance:quarantine")
-    assert {orjson.loads(orjson.loads(v)["raw"])["headers"]["id"] for v in stored.values()} == {
+    assert {orjson.loads(split_entry(v)[1])["headers"]["id"] for v in stored.values()} == {
         f.task_id for f in taken}
+
+
+def test_an_entry_keeps_the_message_byte_for_byte_whatever_it_holds() -> None:
+    raw = b'{"body": "eA==", "headers": {"id": "a\\nb"}}\n\n{"second": "line"}'
+    stored = orjson.dumps({"key": "q", "origin": "queue"}) + b"\n" + raw
+    assert split_entry(stored) == ({"key": "q", "origin": "queue"}, raw)
+    first_format = orjson.dumps({"meta": {"key": "q"}, "raw": raw.decode()})
+    assert split_entry(first_format) == ({"key": "q"}, raw)
