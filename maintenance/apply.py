@@ -2,6 +2,8 @@
 
 Each step records what it did in the history as soon as it is done, so a run that fails half way
 leaves an exact account. Any Redis or database error propagates at once: nothing further runs.
+The one overlap: the bookkeeping of a quarantine script call (REVOKED states, history rows)
+runs while the next call moves messages, so an error there stops the run after that call.
 """
 
 from __future__ import annotations

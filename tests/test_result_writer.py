@@ -50,3 +50,15 @@ def test_states_are_revoked_with_the_backend_expiry_and_real_results_are_kept(
                                only_if_absent=True) == 1
     assert AsyncResult("already-ran", app=app).state == "SUCCESS"
     assert AsyncResult("fresh", app=app).state == "REVOKED"
+
+
+def test_many_states_go_in_several_short_calls(redis_url: str,
+                                               redis_client: redis.Redis) -> None:
+    app = producer_app(redis_url)
+    writer = ResultWriter(app.backend, redis_client, ResultLayout())
+    ids = [f"task-{i}" for i in range(1_234)]
+    redis_client.config_resetstat()
+    assert writer.mark_revoked(ids, "orphan quarantined") == len(ids)
+    stats = redis_client.info("commandstats")["cmdstat_evalsha"]
+    assert stats["calls"] - stats.get("failed_calls", 0) == 3  # 500 + 500 + 234
+    assert all(AsyncResult(t, app=app).state == "REVOKED" for t in ids[::97])

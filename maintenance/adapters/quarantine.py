@@ -19,6 +19,12 @@ Reads are shared: one `LRANGE` covers the next few orphans, so the only other se
 
 The tombstone is a valid Celery message for a task the queue's workers know, with an `expires`
 in the past, so a worker that pops one before the compaction discards it as expired, no error.
+
+The compaction is the one O(n) command: `LREM key 0 <tombstone>` once per list per run, which
+blocks Redis for ~0.3 s at a million messages and 100,000 tombstones (~1 s when the other core
+is busy thrashing memory). Smaller pieces cannot be bounded: `LREM` always starts at an end, so
+each piece would scan up to half the list (~17 ms) and together they cost more; leaving the
+tombstones would hand workers 100,000 messages to discard and keep `LLEN` inflated.
 """
 
 from __future__ import annotations

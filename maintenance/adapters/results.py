@@ -14,6 +14,7 @@ from maintenance.adapters.redis_layout import ResultLayout
 from maintenance.adapters.redis_reader import broker_errors
 
 UNLINK_BATCH = 1000
+SET_BATCH = 500  # states per script call: ~3 ms of Redis time, well under 10 ms
 # SET of many keys in one call: a pipeline costs ~25 µs of redis-py machinery per command,
 # which made REVOKED states a tenth of a cleanup's time at 100,000 orphans.
 _SET_MANY = """
@@ -63,9 +64,10 @@ class ResultWriter:
         def each(task_id: str) -> Any:
             return encode({**meta, "task_id": task_id})
 
-        if self.backend.serializer != "json":
+        sample = each(_ID_MARK)
+        if self.backend.serializer != "json" or not isinstance(sample, str):
             return each
-        parts = str(each(_ID_MARK)).split(_ID_MARK)
+        parts = sample.split(_ID_MARK)
         if len(parts) != 2:
             return each
         before, after = parts
@@ -88,8 +90,8 @@ class ResultWriter:
         ttl = int(expires.total_seconds() if hasattr(expires, "total_seconds") else expires or 0)
         written = 0
         with broker_errors("storing REVOKED states"):
-            for start in range(0, len(task_ids), UNLINK_BATCH):
-                chunk = task_ids[start:start + UNLINK_BATCH]
+            for start in range(0, len(task_ids), SET_BATCH):
+                chunk = task_ids[start:start + SET_BATCH]
                 encode = self.revoked_encoder(reason)
                 written += int(self._set_many(
                     keys=[self.layout.key_for(t) for t in chunk],
