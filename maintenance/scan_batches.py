@@ -13,6 +13,8 @@ from collections.abc import Callable, Iterable
 from collections.abc import Set as AbstractSet
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
+from itertools import compress, count, repeat
+from operator import eq, itemgetter
 
 from maintenance.core.bindings import BindingTable
 from maintenance.core.diff import LostTracker, Verdicts, judge_message
@@ -22,9 +24,13 @@ from maintenance.core.report import ScanReport, place_name
 
 MAX_IN_FLIGHT = 2
 # Consecutive queued messages read the quick way: (place, list index of the first, what
-# quick_read said of each). Only the few that turn out not fine become a Message, for a finding.
-Segment = tuple[Location, int, list[Quick]]
+# quick_read said of each, whether every bound id among them was looked up). Only the few that
+# turn out not fine become a Message, for a finding.
+Segment = tuple[Location, int, list[Quick], bool]
 LookUp = Callable[[AbstractSet[str], AbstractSet[str]], Verdicts]  # (task ids, sub-task ids)
+# A look-up batch in flight: its items, the task and sub-task ids looked up, the look-up.
+InFlight = tuple[list[Message | Segment], set[str], set[str], Future[Verdicts]]
+_TASK_ID, _ROW_KIND, _DB_ID = itemgetter(0), itemgetter(1), itemgetter(2)
 
 
 class LookupBatcher:
@@ -51,7 +57,7 @@ class LookupBatcher:
         self.managed = 0  # managed messages in `batch`, and their ids to look up
         self.task_ids: set[str] = set()
         self.sub_ids: set[str] = set()
-        self.in_flight: deque[tuple[list[Message | Segment], Future[Verdicts]]] = deque()
+        self.in_flight: deque[InFlight] = deque()
 
     def add(self, msg: Message) -> None:
         self.lost.saw(msg)
@@ -93,27 +99,28 @@ class LookupBatcher:
             self._add_reads(reads, start, place)  # type: ignore[arg-type]
 
     def _add_reads(self, reads: list[Quick], start: int, place: Location) -> None:
-        """Consecutive quickly-read messages, a chunk at a time: per-message calls add up."""
+        """Consecutive quickly-read messages, a chunk at a time: per-message calls add up, so
+        the usual chunk (every bound id of one row kind) is counted and collected in C loops."""
         self.lost.saw_many(reads)
         if self.held_ids is None or self.held_ids:
-            self._saw_task_ids(r[0] for r in reads)
-        managed = 0
-        for read in reads:
-            row_kind, db_id = read[1], read[2]
-            if db_id is None:  # unmanaged
-                continue
-            managed += 1
-            if db_id and row_kind == "task":
-                self.task_ids.add(db_id)
-            elif db_id and row_kind == "sub_task":
-                self.sub_ids.add(db_id)
+            self._saw_task_ids(map(_TASK_ID, reads))
+        db_ids = list(map(_DB_ID, reads))
+        managed = len(db_ids) - db_ids.count(None)  # unmanaged: no id
         stats = self.report.place(place_name(place.where, place.queue, place.priority))
         stats.messages += len(reads)
         stats.managed += managed
         stats.unmanaged += len(reads) - managed
-        if managed:
-            self.batch.append((place, start, reads))
-            self._grew(managed)
+        if not managed:
+            return
+        kinds = list(map(_ROW_KIND, reads))
+        looked_up = 0
+        for row_kind, ids in (("task", self.task_ids), ("sub_task", self.sub_ids)):
+            if row_kind in kinds:  # the non-empty ids of this kind (an empty id is not an id)
+                of_kind = list(filter(None, compress(db_ids, map(eq, kinds, repeat(row_kind)))))
+                ids.update(of_kind)
+                looked_up += len(of_kind)
+        self.batch.append((place, start, reads, looked_up == managed))
+        self._grew(managed)
 
     def know_held(self, held: tuple[Message, ...]) -> None:
         """The workers answered: match what was read before they did."""
@@ -148,7 +155,7 @@ class LookupBatcher:
         batch, self.batch, self.managed = self.batch, [], 0
         task_ids, sub_ids, self.task_ids, self.sub_ids = self.task_ids, self.sub_ids, set(), set()
         future = self.pool.submit(self.verdicts, task_ids, sub_ids)
-        self.in_flight.append((batch, future))
+        self.in_flight.append((batch, task_ids, sub_ids, future))
         while len(self.in_flight) > MAX_IN_FLIGHT:
             self._judge(*self.in_flight.popleft())
 
@@ -158,10 +165,18 @@ class LookupBatcher:
         while self.in_flight:
             self._judge(*self.in_flight.popleft())
 
-    def _judge(self, batch: Iterable[Message | Segment], future: Future[Verdicts]) -> None:
+    def _judge(self, batch: Iterable[Message | Segment], task_ids: AbstractSet[str],
+               sub_ids: AbstractSet[str], future: Future[Verdicts]) -> None:
+        """Judge a batch whose look-up of `task_ids` and `sub_ids` is `future`.
+
+        A segment whose bound ids were all looked up visits only the reads whose id is one the
+        look-up did not find fine (for either row kind), found by C-level set look-ups: asking
+        `fine` of each of a million messages cost more than the look-ups. Those few are asked
+        `fine` as before, so the answers are the same; any other segment is asked per read."""
         verdicts = future.result()  # re-raises DatabaseUnavailable: no verdict on this batch
         now = self.clock()
         fine = verdicts.fine
+        suspects = verdicts.not_fine("task", task_ids) | verdicts.not_fine("sub_task", sub_ids)
         for item in batch:
             if not isinstance(item, tuple):
                 msg = item
@@ -169,11 +184,15 @@ class LookupBatcher:
                                                                            msg.db_id)
                 self._verdict(msg, None if ok else judge_message(msg, verdicts.lookup), now)
                 continue
-            place, start, reads = item
-            for offset, read in enumerate(reads):
+            place, start, reads, all_looked_up = item
+            offsets: Iterable[int] = range(len(reads))
+            if all_looked_up:
+                offsets = compress(count(), map(suspects.__contains__, map(_DB_ID, reads)))
+            for offset in offsets:
+                read = reads[offset]
                 if read[2] is None or fine(read[1], read[2]):  # unmanaged, or its row is live
                     continue
-                msg = quick_message(read, replace(place, index=start + offset))
+                msg = quick_message(read, place, start + offset)
                 self._verdict(msg, judge_message(msg, verdicts.lookup), now)
 
     def _verdict(self, msg: Message, finding: Finding | None, now: float) -> None:

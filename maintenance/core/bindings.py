@@ -66,15 +66,32 @@ def parse_binding(entry: dict[str, Any]) -> Binding:
     return Binding(task=task, id_from=id_from, kind=kind)
 
 
+# A task name's binding and where its id is: (binding, args index, kwargs name); both None when
+# the id is the task id itself.
+IdAccess = tuple[Binding, int | None, str | None]
+
+
 class BindingTable:
     """First matching binding per task name; memoised, since a queue holds few distinct names."""
 
     def __init__(self, bindings: tuple[Binding, ...]):
         self.bindings = bindings
         self.lookup = lru_cache(maxsize=4096)(self._lookup)
+        self.access = lru_cache(maxsize=4096)(self._access)
 
     def _lookup(self, task_name: str) -> Binding | None:
         for binding in self.bindings:
             if fnmatchcase(task_name, binding.task):
                 return binding
         return None
+
+    def _access(self, task_name: str) -> IdAccess | None:
+        """`lookup` with its `id_from` already parsed: the scan's hot path reads the id itself,
+        and per-message calls into `Binding.extract` cost more than the reading."""
+        binding = self.lookup(task_name)
+        if binding is None:
+            return None
+        if not binding.needs_body:
+            return binding, None, None
+        index, name = _accessor(binding.id_from)
+        return binding, index, None if index is not None else name

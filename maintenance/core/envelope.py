@@ -77,10 +77,12 @@ def quick_read(raw: bytes, bindings: BindingTable) -> Quick | None:
 
     The scan's hot path, run a million times: building a Message and its Location per message
     costs more than reading it. It answers only where `parse_list_element` would give a message
-    that can be judged, through the same helpers: bound, with its id (kind "task"/"sub_task"),
-    or unmanaged (kind "", id None). Anything else (unreadable, protocol 1, no bound id) is
-    None, and the caller reads that message the full way. `quick_message` turns an answer into
-    the Message parse_list_element would have given, for the few that become findings.
+    that can be judged: bound, with its id (kind "task"/"sub_task"), or unmanaged (kind "", id
+    None). Anything else (unreadable, protocol 1, no bound id) is None, and the caller reads
+    that message the full way. The usual message's id is read in one call (`_usual_id`); any
+    message it does not read a text or integer id from goes through `_bound_id`, as the full
+    way does. `quick_message` turns an answer into the Message parse_list_element would have
+    given, for the few that become findings.
     """
     try:
         payload = orjson.loads(raw)
@@ -95,20 +97,35 @@ def quick_read(raw: bytes, bindings: BindingTable) -> Quick | None:
     if not task_name or not isinstance(task_name, str) or not isinstance(task_id, str):
         return None
     tag, eta = properties.get("delivery_tag"), headers.get("eta")
-    binding = bindings.lookup(task_name)
-    if binding is None:
+    access = bindings.access(task_name)
+    if access is None:
         return task_id, "", None, task_name, tag, eta
+    binding, index, name = access
+    if index is None and name is None:  # id_from = "task_id"
+        return task_id, binding.kind, task_id, task_name, tag, eta
+    db_id = _usual_id(payload, headers, properties, index, name)
+    if type(db_id) is str:  # exact types: a bool is an int, and no id
+        return task_id, binding.kind, db_id, task_name, tag, eta
+    if type(db_id) is int:
+        return task_id, binding.kind, str(db_id), task_name, tag, eta
     db_id, problem, _ = _bound_id(binding, task_id, payload, headers, properties, None)
     if problem is not None:
         return None
     return task_id, binding.kind, db_id, task_name, tag, eta
 
 
-def quick_message(read: Quick, location: Location) -> Message:
-    """The Message `parse_list_element` gives for a message that `quick_read` answered."""
+def quick_message(read: Quick, location: Location, index: int | None = None) -> Message:
+    """The Message `parse_list_element` gives for a message that `quick_read` answered, at
+    list `index` of `location` (its own index when None).
+
+    The Location is built directly, as `replace(location, index=...)` then `_with_tag` would
+    build it: two `dataclasses.replace` per finding cost more than the rest of judging it."""
     task_id, row_kind, db_id, task_name, tag, eta = read
-    return Message(task_id, task_name, _with_tag(location, tag), db_id=db_id, row_kind=row_kind,
-                   eta=eta)
+    place = Location(location.where, location.queue, location.priority, location.key,
+                     location.index if index is None else index,
+                     str(tag) if tag and not location.delivery_tag else location.delivery_tag,
+                     location.worker, location.state)
+    return Message(task_id, task_name, place, db_id=db_id, row_kind=row_kind, eta=eta)
 
 
 def _with_tag(location: Location, tag: Any) -> Location:
@@ -135,6 +152,30 @@ def _bound_id(binding: Binding, task_id: str, payload: dict[str, Any], headers: 
     if db_id is None or isinstance(db_id, dict | list | float | bool):
         return None, Reason.NO_BOUND_ID, f"{binding.id_from} missing or not an id"
     return str(db_id), None, ""
+
+
+def _usual_id(payload: dict[str, Any], headers: dict[str, Any], properties: dict[str, Any],
+              index: int | None, name: str | None) -> Any:
+    """The id the usual message carries, read the way `_bound_id` reads it but in one call:
+    a JSON `[args, kwargs, embed]` body, base64 or not, uncompressed. None when the message is
+    not that usual; quick_read then leaves it to `_bound_id`, so only str and int answers are
+    ever trusted from here."""
+    body = payload.get("body")
+    if not isinstance(body, str) or payload.get("content-type") not in _JSON_TYPES \
+            or headers.get("compression"):
+        return None
+    try:
+        decoded = orjson.loads(binascii.a2b_base64(body)
+                               if properties.get("body_encoding") == "base64" else body)
+    except ValueError:  # binascii.Error, orjson.JSONDecodeError
+        return None
+    if not isinstance(decoded, list) or len(decoded) < 2:
+        return None
+    if index is not None:
+        args = decoded[0]
+        return args[index] if isinstance(args, list) and index < len(args) else None
+    kwargs = decoded[1]
+    return kwargs.get(name) if isinstance(kwargs, dict) else None
 
 
 def _args_kwargs(
