@@ -284,13 +284,15 @@ def summary(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
     wall = statistics.median(walls)
     phase = {label: statistics.median(r.phases.get(label, {"s": 0.0})["s"] for r in runs)
              for label in ("scan", "recheck (grace 0)", "quarantine (all, incl. compaction)",
-                           "  bookkeeping per batch", "  compaction (LREM)")}
+                           "  main thread waiting for bookkeeping", "  script calls",
+                           "  compaction (LREM)")}
     over = [len(over_budget(r)) for r in runs]
     print(f"\n== summary: {args.n:,} messages, {len(runs)} run(s), median ==")
     print(f"wall {wall:.2f} s (runs: {', '.join(f'{w:.1f}' for w in walls)}); scan "
           f"{phase['scan']:.2f} s, recheck {phase['recheck (grace 0)']:.2f} s, quarantine "
-          f"{phase['quarantine (all, incl. compaction)']:.2f} s (of which bookkeeping "
-          f"{phase['  bookkeeping per batch']:.2f} s, compaction "
+          f"{phase['quarantine (all, incl. compaction)']:.2f} s (of which script calls "
+          f"{phase['  script calls']:.2f} s, waiting for bookkeeping "
+          f"{phase['  main thread waiting for bookkeeping']:.2f} s, compaction "
           f"{phase['  compaction (LREM)']:.2f} s)")
     print(f"peak RSS {max(r.peak_rss_mib for r in runs):.0f} MiB; probe max "
           f"{max(r.probe.max_ms for r in runs):.1f} ms, p99 "

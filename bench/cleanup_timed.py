@@ -24,7 +24,7 @@ import orjson
 from maintenance.adapters.history import HistoryStore
 from maintenance.adapters.quarantine import Quarantine
 from maintenance.adapters.results import ResultWriter
-from maintenance.apply import Applier
+from maintenance.apply import Applier, _Overlapped
 from maintenance.cleanup import CleanupService
 from maintenance.cli.main import main
 from maintenance.reconcile import Reconciler
@@ -73,10 +73,11 @@ PHASES: list[tuple[type, str, str]] = [
     (Reconciler, "scan", "scan"),
     (CleanupService, "_recheck", "recheck (grace 0)"),
     (Applier, "_quarantine_queued", "quarantine (all, incl. compaction)"),
-    (Applier, "_after_quarantine", "  bookkeeping per batch"),
+    (Applier, "_after_quarantine", "  bookkeeping per batch (helper thread)"),
     (ResultWriter, "mark_revoked", "    REVOKED states"),
     (HistoryStore, "record_actions", "    history rows"),
     (Applier, "_revoke", "    revoke (slipped away)"),
+    (_Overlapped, "submit", "  main thread waiting for bookkeeping"),
     (Quarantine, "compact", "  compaction (LREM)"),
     (Applier, "_delete_results", "delete results"),
 ]

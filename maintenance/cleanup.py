@@ -195,11 +195,15 @@ class CleanupService:
         lost = [f for f in pending if f.kind is FindingKind.LOST]
         still: set[str] = set()
         if orphans:
-            lookup = self.services.db.lookup(
+            # The scan's own batch look-up and verdict, so a row is judged the same way twice;
+            # on PostgreSQL only the rows still not live come back from the anti-join.
+            verdicts = self.services.db.verdicts(
                 {f.db_id for f in orphans if f.db_id and f.row_kind == "task"},
                 {f.db_id for f in orphans if f.db_id and f.row_kind == "sub_task"})
             for f in orphans:
-                again = judge_message(_as_message(f), lookup)
+                if f.db_id and verdicts.fine(f.row_kind, f.db_id):
+                    continue  # its row is live now: committed during the grace period
+                again = judge_message(_as_message(f), verdicts.lookup)
                 if again is not None and again.kind is FindingKind.ORPHAN:
                     still.add(recheck_key(f))
         if lost:

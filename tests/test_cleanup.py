@@ -17,7 +17,7 @@ from celery import Celery
 from celery.result import AsyncResult
 
 from maintenance.adapters.quarantine import tombstone_for
-from maintenance.demo.schema import new_id, tasks, utcnow
+from maintenance.demo.schema import new_id, sub_tasks, tasks, utcnow
 from tests.conftest import ROOT, run_cli, wait_for
 from tests.workers import demo_worker
 
@@ -123,6 +123,31 @@ def test_missing_row_committed_during_grace_is_never_touched(
     assert summary["planned"].get("held_row_came_back") == 1
     assert queued_task_ids(redis_client) == [ids[late]]
     assert AsyncResult(ids[late], app=producer).state == "PENDING"
+
+
+def test_sub_task_row_committed_during_grace_is_never_touched(
+        config_file: Path, producer: Celery, engine: sa.Engine,
+        redis_client: redis.Redis) -> None:
+    """The grace re-check judges sub-task rows (and their parent) as the scan does."""
+    parent, late, gone = new_id(), new_id(), new_id()
+    insert_rows(engine, [parent])
+    ids = {i: producer.send_task("demo.process_segment", args=[i], queue=QUEUE).id
+           for i in (late, gone)}
+    proc = subprocess.Popen([sys.executable, "-m", "maintenance.cli.main", "--config",
+                             str(config_file), "cleanup", "--force", "--json", "--grace", "3",
+                             "--max-orphan-ratio", "1"], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    assert proc.stderr is not None
+    for line in proc.stderr:
+        if line.startswith("Waiting"):
+            break
+    with engine.begin() as conn:
+        conn.execute(sa.insert(sub_tasks).values(id=late, task_id=parent, status="pending"))
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert json.loads(out)["done"] == {"quarantined": 1}
+    assert queued_task_ids(redis_client) == [ids[late]]
+    assert AsyncResult(ids[gone], app=producer).state == "REVOKED"
 
 
 def test_database_stopped_during_cleanup_removes_nothing_and_exits_3(
