@@ -73,7 +73,7 @@ PHASES: list[tuple[type, str, str]] = [
     (Reconciler, "scan", "scan"),
     (CleanupService, "_recheck", "recheck (grace 0)"),
     (Applier, "_quarantine_queued", "quarantine (all, incl. compaction)"),
-    (Applier, "_after_quarantine", "  bookkeeping per batch (helper thread)"),
+    (Applier, "_book_quarantined", "  bookkeeping per batch (helper thread)"),
     (ResultWriter, "mark_revoked", "    REVOKED states"),
     (HistoryStore, "record_actions", "    history rows"),
     (Applier, "_revoke", "    revoke (slipped away)"),

@@ -63,3 +63,17 @@ def test_finish_raises_the_last_error_unless_best_effort() -> None:
     quiet = _Overlapped(fail)
     quiet.submit([], [])
     quiet.finish(best_effort=True)
+
+
+def test_final_runs_once_even_after_a_failed_batch() -> None:
+    finals: list[int] = []
+
+    def fail(taken: list[Finding], missing: list[Finding]) -> None:
+        raise DatabaseUnavailable("database failed")
+
+    books = _Overlapped(fail, final=lambda: finals.append(1))
+    books.submit(batch(1), [])
+    with pytest.raises(DatabaseUnavailable):
+        books.finish()
+    books.finish(best_effort=True)  # the caller's `finally`: nothing runs twice
+    assert finals == [1]
