@@ -91,8 +91,7 @@ class Applier:
             self._revoke(untagged)
         for key, group in by_key.items():
             name = Counter(f.task_name for f in group).most_common(1)[0][0]
-            tombstone = tombstone_for(name, group[0].location.queue, self.run_id,
-                                      size=self.quarantine.typical_size(key))
+            tombstone = tombstone_for(name, group[0].location.queue, self.run_id)
             placed, seen = 0, 0
             first_ids: list[str] = []
             books = _Overlapped(self._book_quarantined, final=self._write_revoked_states)

@@ -84,14 +84,3 @@ def test_an_entry_keeps_the_message_byte_for_byte_whatever_it_holds() -> None:
     assert split_entry(stored) == ({"key": "q", "origin": "queue"}, raw)
     first_format = orjson.dumps({"meta": {"key": "q"}, "raw": raw.decode()})
     assert split_entry(first_format) == ({"key": "q"}, raw)
-
-
-def test_tombstones_take_the_typical_size_of_the_list(redis_client: redis.Redis) -> None:
-    q = Quarantine(redis_client, BrokerLayout(), OwnKeys("task-maintenance"))
-    assert q.typical_size(KEY) == 0
-    redis_client.rpush(KEY, *[b"m" * n for n in (300, 1200, 1100, 1150, 5000)])
-    size = q.typical_size(KEY)
-    assert size == 1150
-    tomb = tombstone_for("demo.x", KEY, "run", size=size)
-    assert len(tomb) == size and orjson.loads(tomb)["headers"]["id"].endswith("run")
-    assert tombstone_for("demo.x", KEY, "run", size=10) == tombstone_for("demo.x", KEY, "run")

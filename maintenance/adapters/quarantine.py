@@ -158,14 +158,12 @@ def quarantine_field(finding: Finding) -> str:
     return f"{finding.task_id}:{finding.location.delivery_tag}"
 
 
-def tombstone_for(task_name: str, queue: str, run_id: str, size: int = 0) -> bytes:
-    """A Celery protocol-2 message that any worker of the queue discards as already expired,
-    padded with trailing JSON whitespace to `size` bytes when it is shorter.
+def tombstone_for(task_name: str, queue: str, run_id: str) -> bytes:
+    """A Celery protocol-2 message that any worker of the queue discards as already expired.
 
-    The padding is for speed: a tombstone as long as the message it replaces is written in
-    place, while a shorter one shrinks the list node, which Redis reallocates elsewhere; with
-    the quarantine's own writes in between, those moves scatter the list in memory and made the
-    final `LREM` take 1.3 s instead of 0.3 s at a million messages (tests/bench figures).
+    As small as a worker accepts: the one compaction `LREM` costs a memmove and a smaller
+    allocation per tombstone, so its time grows with the tombstone's size (a 1 KB tombstone
+    made it take about twice as long as a 300-byte one).
     """
     tomb_id = f"task-maintenance-tombstone-{run_id}"
     message = {
@@ -177,8 +175,7 @@ def tombstone_for(task_name: str, queue: str, run_id: str, size: int = 0) -> byt
         "properties": {"delivery_tag": tomb_id, "body_encoding": "base64", "priority": 0,
                        "delivery_info": {"exchange": "", "routing_key": queue}},
     }
-    raw = orjson.dumps(message)
-    return raw + b" " * (size - len(raw))
+    return orjson.dumps(message)
 
 
 class Quarantine:
@@ -215,13 +212,6 @@ class Quarantine:
             start += len(done)
             batch = min(MAX_BATCH, batch * 2 if len(done) == len(chunk)
                         else max(16, len(done) + len(done) // 4))
-
-    def typical_size(self, key: str, sample: int = 64) -> int:
-        """The median length of the messages at the tail of the list (one short `LRANGE`), for
-        a tombstone as long as the messages it replaces; 0 for an empty list."""
-        with broker_errors(f"reading list {key!r}"):
-            lengths = sorted(len(raw) for raw in self.client.lrange(key, -sample, -1))
-        return lengths[len(lengths) // 2] if lengths else 0
 
     def compact(self, key: str, tombstone: bytes) -> int:
         """The one O(n) command per list per run: drop every tombstone at once."""
