@@ -162,8 +162,9 @@ def tombstone_for(task_name: str, queue: str, run_id: str) -> bytes:
     """A Celery protocol-2 message that any worker of the queue discards as already expired.
 
     As small as a worker accepts: the one compaction `LREM` costs a memmove and a smaller
-    allocation per tombstone, so its time grows with the tombstone's size (a 1 KB tombstone
-    made it take about twice as long as a 300-byte one).
+    allocation per tombstone, so its time grows with the tombstone's size (0.26 s at 457 bytes,
+    0.31 s at 1.2 KB, 0.11 s for an 8-byte string no worker could read; 100,000 tombstones in
+    a million messages, quiet machine).
     """
     tomb_id = f"task-maintenance-tombstone-{run_id}"
     message = {
