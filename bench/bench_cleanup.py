@@ -44,7 +44,7 @@ from bench.cleanup_data import (  # noqa: E402
 )
 from bench.cleanup_timed import PHASES  # noqa: E402
 from bench.probe import Probe, ProbeStats  # noqa: E402
-from maintenance.demo.schema import create_schema  # noqa: E402
+from examples.demo.schema import create_schema  # noqa: E402
 from tests.conftest import write_config  # noqa: E402
 from tests.servers import PostgresServer, RedisServer, free_port, temp_dir  # noqa: E402
 

@@ -26,9 +26,9 @@ sys.path.insert(0, str(ROOT))
 import sqlalchemy as sa  # noqa: E402
 from celery import Celery  # noqa: E402
 
+from examples.demo.schema import create_schema, new_id, tasks, utcnow  # noqa: E402
 from maintenance.config import load_settings  # noqa: E402
-from maintenance.demo.schema import create_schema, new_id, tasks, utcnow  # noqa: E402
-from maintenance.guard_state import GuardRuntime  # noqa: E402
+from maintenance.guards.runtime import GuardRuntime  # noqa: E402
 from tests.servers import PostgresServer, RedisServer, free_port, temp_dir  # noqa: E402
 
 QUEUE = "bench_guard"

@@ -21,13 +21,13 @@ from typing import Any
 
 import orjson
 
+from maintenance.actions.apply import Applier, _Overlapped
+from maintenance.actions.run import CleanupService
 from maintenance.adapters.history import HistoryStore
 from maintenance.adapters.quarantine import Quarantine
 from maintenance.adapters.results import ResultWriter
-from maintenance.apply import Applier, _Overlapped
-from maintenance.cleanup import CleanupService
 from maintenance.cli.main import main
-from maintenance.reconcile import Reconciler
+from maintenance.scan.reconciler import Reconciler
 
 TIMES: dict[str, dict[str, float]] = defaultdict(lambda: {"s": 0.0, "calls": 0, "max_s": 0.0})
 

@@ -26,7 +26,7 @@ from bench.templates import (
     capture_results,
     uuids,
 )
-from maintenance.demo.schema import create_schema
+from examples.demo.schema import create_schema
 from tests.conftest import producer_app
 
 CHUNK = 20_000  # messages generated, pushed and copied per step

@@ -5,13 +5,13 @@ from typing import TYPE_CHECKING, Any
 __all__ = ["RedisTaskCleaner"]
 
 if TYPE_CHECKING:
-    from maintenance.cleaner import RedisTaskCleaner
+    from maintenance.api import RedisTaskCleaner
 
 
 def __getattr__(name: str) -> Any:
     # Lazy, so that importing the package pulls in neither Celery nor SQLAlchemy.
     if name == "RedisTaskCleaner":
-        from maintenance.cleaner import RedisTaskCleaner
+        from maintenance.api import RedisTaskCleaner
 
         return RedisTaskCleaner
     raise AttributeError(name)

@@ -8,11 +8,13 @@ import tomllib
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal
 
 from maintenance.alerts.settings import AlertSettings, check_alert_settings
 from maintenance.core.bindings import Binding, parse_binding
+from maintenance.core.plan import StuckAction
 from maintenance.errors import ConfigError
 from maintenance.redaction import redact_url
 
@@ -95,7 +97,7 @@ class CleanupSettings:
     max_orphan_ratio: float = 0.5  # refuse when orphans exceed this share of managed messages
     max_orphans: int = 0  # refuse above this many orphans; 0: no absolute limit
     quarantine_retention_days: float = 7.0
-    stuck_action: Literal["report", "mark_failed", "requeue"] = "report"
+    stuck_action: StuckAction = StuckAction.REPORT
     failed_status: str = "failed"  # stuck_action = "mark_failed" sets this status
     requeue_queue: str = ""  # stuck_action = "requeue" sends here; empty: the first scan queue
     revoke_batch_size: int = 500
@@ -247,6 +249,12 @@ def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
             raise ConfigError(f"must be one of {list(allowed)}, got {value!r}", key=key,
                               source=source)
         return value
+    if isinstance(hint, type) and issubclass(hint, StrEnum):
+        choices = [member.value for member in hint]
+        if value not in choices:
+            raise ConfigError(f"must be one of {choices}, got {value!r}", key=key,
+                              source=source)
+        return hint(value)
     if origin is tuple:
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise ConfigError("must be a list of strings", key=key, source=source)

@@ -1,9 +1,10 @@
-"""Composition: build the adapters for one settings object; the only place opening connections."""
+"""Composition: every adapter built once from the settings; the only place opening connections."""
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -14,44 +15,74 @@ from celery.exceptions import ImproperlyConfigured
 
 from maintenance.adapters.celery_app import build_celery_app
 from maintenance.adapters.database import TaskDatabase, create_db_engine
+from maintenance.adapters.history import HistoryStore
+from maintenance.adapters.history_totals import HistoryReader
+from maintenance.adapters.leftovers import ReplyListSweeper
+from maintenance.adapters.live_state import LiveStateReader
+from maintenance.adapters.producer import TaskProducer
+from maintenance.adapters.quarantine import Quarantine
 from maintenance.adapters.redis_layout import BrokerLayout, OwnKeys, ResultLayout
 from maintenance.adapters.redis_reader import RedisReader, broker_errors
+from maintenance.adapters.results import ResultWriter
+from maintenance.adapters.run_lock import RunLock
+from maintenance.adapters.scan_summary import ScanSummaryStore
+from maintenance.adapters.stuck_rows import StuckRows
 from maintenance.adapters.workers import WorkerControl
 from maintenance.config import Settings
+from maintenance.core.models import as_text
 from maintenance.errors import ConfigError
+
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://", "sentinel://", "socket://")
 
 
 @dataclass
-class Services:
+class Adapters:
+    """Each adapter once, over the connections opened for one settings object."""
+
     settings: Settings
     app: Celery
-    broker: redis.Redis
-    results: redis.Redis
     layout: BrokerLayout
-    result_layout: ResultLayout
-    own_keys: OwnKeys
     db: TaskDatabase
     reader: RedisReader
     workers: WorkerControl
+    quarantine: Quarantine
+    results: ResultWriter
+    history: HistoryStore
+    stuck_rows: StuckRows
+    summaries: ScanSummaryStore
+    run_lock: RunLock
+    producer: TaskProducer
+    reply_lists: ReplyListSweeper
+    live_state: LiveStateReader
     _closers: list[Any] = field(default_factory=list)
+
+    def history_totals(self) -> HistoryReader:
+        """A new reader: it keeps running totals, so each live view has its own."""
+        return HistoryReader(self.db.engine)
 
     def close(self) -> None:
         _close_all(self._closers)
 
 
-def open_services(settings: Settings, app: Celery | None = None) -> Services:
+def open_adapters(settings: Settings, app: Celery | None = None, *,
+                  clock: Callable[[], float] = time.time) -> Adapters:
     """Connect to Redis the way kombu and Celery would for the same settings."""
     app = app or build_celery_app(settings)
-    if not settings.redis.broker_url.startswith(("redis://", "rediss://", "unix://",
-                                                 "sentinel://", "socket://")):
+    if not settings.redis.broker_url.startswith(REDIS_SCHEMES):
         raise ConfigError("must be a redis://, rediss://, unix:// or sentinel:// URL",
                           key="redis.broker_url", source=settings.source)
     closers: list[Any] = []
     try:
-        return _connect(settings, app, closers)
+        return _connect(settings, app, closers, clock)
     except BaseException:
         _close_all(closers)  # release what was opened before the failure (long-lived workers)
         raise
+
+
+def open_history(settings: Settings) -> tuple[HistoryStore, Callable[[], None]]:
+    """The history tables alone, and how to close their engine: no Redis needed."""
+    engine = create_db_engine(settings)
+    return HistoryStore(engine), engine.dispose
 
 
 def _close_all(closers: list[Any]) -> None:
@@ -60,7 +91,8 @@ def _close_all(closers: list[Any]) -> None:
             closer()
 
 
-def _connect(settings: Settings, app: Celery, closers: list[Any]) -> Services:
+def _connect(settings: Settings, app: Celery, closers: list[Any],
+             clock: Callable[[], float]) -> Adapters:
     with _url_errors("redis.broker_url", settings), broker_errors("connecting to the broker"):
         connection = app.connection_for_read()
         closers.append(connection.release)
@@ -74,15 +106,31 @@ def _connect(settings: Settings, app: Celery, closers: list[Any]) -> Services:
     with _url_errors(results_key, settings), broker_errors("connecting to the result backend"):
         backend = app.backend
         results = backend.client
-        result_layout = ResultLayout(task_keyprefix=_text(backend.task_keyprefix))
+        result_layout = ResultLayout(task_keyprefix=as_text(backend.task_keyprefix))
     engine = create_db_engine(settings)
     closers.append(engine.dispose)
     db = TaskDatabase(engine, settings)
-    reader = RedisReader(broker, layout, results, result_layout,
-                         chunk_size=settings.redis.chunk_size, depth=settings.redis.pipeline_depth)
-    workers = WorkerControl(app, timeout_s=settings.scan.inspect_timeout_s)
-    return Services(settings, app, broker, results, layout, result_layout,
-                    OwnKeys(settings.cleanup.key_prefix), db, reader, workers, closers)
+    own_keys = OwnKeys(settings.cleanup.key_prefix)
+    summaries = ScanSummaryStore(broker, own_keys)
+    return Adapters(
+        settings=settings, app=app, layout=layout, db=db,
+        reader=RedisReader(broker, layout, results, result_layout,
+                           chunk_size=settings.redis.chunk_size,
+                           depth=settings.redis.pipeline_depth),
+        workers=WorkerControl(app, timeout_s=settings.scan.inspect_timeout_s),
+        quarantine=Quarantine(broker, layout, own_keys),
+        results=ResultWriter(backend, results, result_layout),
+        history=HistoryStore(engine, clock=clock),
+        stuck_rows=StuckRows(db),
+        summaries=summaries,
+        run_lock=RunLock(broker, own_keys, ttl_s=settings.cleanup.lock_ttl_s,
+                         wait_s=settings.cleanup.lock_wait_s),
+        producer=TaskProducer(app),
+        reply_lists=ReplyListSweeper(broker, layout,
+                                     app.control.mailbox.reply_exchange.name,
+                                     chunk_size=settings.redis.chunk_size),
+        live_state=LiveStateReader(broker, layout, own_keys, summaries),
+        _closers=closers)
 
 
 @contextmanager
@@ -92,7 +140,3 @@ def _url_errors(key: str, settings: Settings) -> Iterator[None]:
         yield
     except (ValueError, ImproperlyConfigured) as exc:
         raise ConfigError(f"invalid URL: {exc}", key=key, source=settings.source) from None
-
-
-def _text(value: str | bytes) -> str:
-    return value.decode() if isinstance(value, bytes) else value

@@ -1,4 +1,4 @@
-"""The maintenance worker's Celery tasks: thin callers of the cleanup service.
+"""The maintenance worker's Celery tasks: thin callers of the `Maintenance` service.
 
     maintenance.scan_orphans           orphans removed with all of cleanup's safety (grace period,
                                        circuit breaker, lock, fail closed, quarantine)
@@ -22,17 +22,15 @@ import structlog
 from celery import Celery, Task
 from celery.exceptions import SoftTimeLimitExceeded
 
-from maintenance.cleanup import CleanupService, RunOptions
 from maintenance.config import Settings
-from maintenance.core.models import FindingKind
+from maintenance.core.models import FindingKind, Outcome, RunMode
 from maintenance.errors import LockHeld, PlanRefused
-from maintenance.expired import cleanup_expired
 from maintenance.schedule import CLEANUP_EXPIRED_TASKS, SCAN_ORPHANS, task_routes
-from maintenance.services import Services, open_services
+from maintenance.service import Maintenance, RunOptions
 
 log = structlog.get_logger(__name__)
 
-Body = Callable[[Services, RunOptions], dict[str, Any]]
+Body = Callable[[Maintenance, RunOptions], dict[str, Any]]
 LOCK_RETRY_S = 60  # how long a run that met the lock waits before it tries again
 
 
@@ -55,28 +53,29 @@ class Deadline:
         return time.monotonic() >= self.started + self.soft_limit_s - self.margin_s
 
 
-def run_maintenance(task: Task, settings: Settings, mode: str, started_by: str,
+def run_maintenance(task: Task, settings: Settings, mode: RunMode, started_by: str,
                     body: Body) -> dict[str, Any]:
-    """Open services, run `body`, close; map the expected refusals to a summary, not a failure."""
+    """Open the service, run `body`, close; map the expected refusals to a summary, not a
+    failure."""
     deadline = Deadline(time.monotonic(), float(task.soft_time_limit or settings.schedule
                                                 .soft_time_limit_s))
     options = RunOptions(mode=mode, started_by=f"{started_by} via {task.request.hostname}",
                          should_stop=deadline.near, interrupted_by=(SoftTimeLimitExceeded,))
     with structlog.contextvars.bound_contextvars(maintenance_task_id=task.request.id, task=mode):
-        services = open_services(settings, app=task.app)
+        maintenance = Maintenance.open(settings, app=task.app)
         try:
-            return body(services, options)
+            return body(maintenance, options)
         except LockHeld as exc:
             return _lock_held(task, settings, exc)
         except PlanRefused as exc:
             log.error("maintenance run refused by the circuit breaker", reason=str(exc))
-            return {"outcome": "refused", "reason": str(exc)}
+            return {"outcome": Outcome.REFUSED, "reason": str(exc)}
         except SoftTimeLimitExceeded:
             log.warning("maintenance run stopped at the soft time limit; recorded as partial",
                         soft_limit_s=deadline.soft_limit_s)
-            return {"outcome": "partial", "reason": "soft time limit exceeded"}
+            return {"outcome": Outcome.PARTIAL, "reason": "soft time limit exceeded"}
         finally:
-            services.close()
+            maintenance.close()
 
 
 def _lock_held(task: Task, settings: Settings, exc: LockHeld) -> dict[str, Any]:
@@ -93,14 +92,18 @@ def _lock_held(task: Task, settings: Settings, exc: LockHeld) -> dict[str, Any]:
                  countdown_s=LOCK_RETRY_S, attempt=task.request.retries + 1)
         raise task.retry(countdown=LOCK_RETRY_S, max_retries=max_retries)
     log.info("maintenance run skipped: another run holds the lock", reason=str(exc))
-    return {"outcome": "skipped", "reason": str(exc)}
+    return {"outcome": Outcome.SKIPPED, "reason": str(exc)}
 
 
-def scan_orphans_body(services: Services, options: RunOptions) -> dict[str, Any]:
+def scan_orphans_body(maintenance: Maintenance, options: RunOptions) -> dict[str, Any]:
     """Orphans only; results are not scanned, the nightly expiry run reads them."""
     options = dataclasses.replace(options, kinds=frozenset({FindingKind.ORPHAN}),
                                   scan_results=False)
-    return CleanupService(services).run(options).summary()
+    return maintenance.cleanup(options).summary()
+
+
+def cleanup_expired_body(maintenance: Maintenance, options: RunOptions) -> dict[str, Any]:
+    return maintenance.expire(options)
 
 
 def register_tasks(app: Celery, settings: Settings) -> dict[str, Task]:
@@ -117,12 +120,13 @@ def register_tasks(app: Celery, settings: Settings) -> dict[str, Task]:
 
     @app.task(name=SCAN_ORPHANS, **common)
     def scan_orphans(self: Task, started_by: str = "celery") -> dict[str, Any]:
-        return run_maintenance(self, settings, "scan_orphans", started_by, scan_orphans_body)
+        return run_maintenance(self, settings, RunMode.SCAN_ORPHANS, started_by,
+                               scan_orphans_body)
 
     @app.task(name=CLEANUP_EXPIRED_TASKS, **common)
     def cleanup_expired_tasks(self: Task, started_by: str = "celery") -> dict[str, Any]:
-        return run_maintenance(self, settings, "cleanup_expired_tasks", started_by,
-                               cleanup_expired)
+        return run_maintenance(self, settings, RunMode.CLEANUP_EXPIRED_TASKS, started_by,
+                               cleanup_expired_body)
 
     routes = app.conf.task_routes
     if routes is None or isinstance(routes, Mapping):

@@ -27,8 +27,8 @@ sys.path.insert(0, str(ROOT))
 
 import sqlalchemy as sa  # noqa: E402 - after the path set-up above
 
+from examples.demo.schema import create_schema, tasks  # noqa: E402
 from maintenance.adapters.history import HistoryStore  # noqa: E402
-from maintenance.demo.schema import create_schema, tasks  # noqa: E402
 from tests.servers import PostgresServer, RedisServer, free_port  # noqa: E402
 
 WORK = ROOT / ".demo"
@@ -148,8 +148,8 @@ def story(redis_url: str, database_url: str, procs: Processes) -> int:
     config.write_text(CONFIG.format(redis_url=redis_url, database_url=database_url, logs=logs))
     engine = sa.create_engine(database_url)
     create_schema(engine)
-    from maintenance.demo.app import app as demo_app  # reads REDIS_URL from the environment
-    from maintenance.demo.story import enqueue_and_delete
+    from examples.demo.app import app as demo_app  # reads REDIS_URL from the environment
+    from examples.demo.story import enqueue_and_delete
 
     step(f"The demo app enqueues {ROWS} video tasks; then {DELETED} rows are deleted by hand")
     told = enqueue_and_delete(engine, demo_app, ROWS, DELETED)
@@ -179,7 +179,7 @@ def story(redis_url: str, database_url: str, procs: Processes) -> int:
 
     step("The demo app's worker starts: only live tasks are left to run")
     worker_log = WORK / "demo-worker.log"
-    procs.start("demo worker", ["-A", "maintenance.demo.app", "worker", "-Q",
+    procs.start("demo worker", ["-A", "examples.demo.app", "worker", "-Q",
                                 "video_processing,celery", "-n", "demo@%h", "-c", "2", "-l",
                                 "INFO", "--without-gossip", "--without-mingle", "-f",
                                 str(worker_log)], "ready.", worker_log)

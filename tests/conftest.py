@@ -16,8 +16,8 @@ import redis
 import sqlalchemy as sa
 from celery import Celery
 
+from examples.demo.schema import create_schema
 from maintenance.config import Settings, load_settings
-from maintenance.demo.schema import create_schema
 from tests.servers import PostgresServer, RedisServer, free_port, remove_dir, temp_dir
 
 ROOT = Path(__file__).resolve().parent.parent

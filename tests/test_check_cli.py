@@ -29,12 +29,11 @@ import structlog
 from celery import Celery
 from sqlalchemy.pool import NullPool
 
+from examples.demo.schema import create_schema, new_id, sub_tasks, tasks, utcnow
 from maintenance.config import Settings, load_settings
 from maintenance.core.models import Finding, FindingKind, Reason, Where
 from maintenance.core.report import ScanReport
-from maintenance.demo.schema import create_schema, new_id, sub_tasks, tasks, utcnow
-from maintenance.reconcile import Reconciler
-from maintenance.services import open_services
+from maintenance.service import Maintenance
 from tests.conftest import ROOT, producer_app, run_cli, wait_for
 from tests.servers import PostgresServer, free_port
 
@@ -142,13 +141,8 @@ class Env:
                 for row_id, parent, status in entries])
 
     def scan(self, only: str | None = None) -> ScanReport:
-        settings = self.settings()
-        services = open_services(settings)
-        try:
-            return Reconciler(settings, services.reader, services.db,
-                              services.workers).scan(only=only)
-        finally:
-            services.close()
+        with Maintenance.open(self.settings()) as maintenance:
+            return maintenance.scan(only)
 
     def cli(self, *args: str, env: dict[str, str] | None = None
             ) -> subprocess.CompletedProcess[str]:
@@ -375,7 +369,7 @@ def running_worker(env: Env, **extra_env: str) -> Iterator[str]:
     name = f"check-{os.getpid()}-{time.monotonic_ns()}@localhost"
     log = env.tmp_path / "worker.log"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "maintenance.demo.app", "worker", "-P", "threads",
+        [sys.executable, "-m", "celery", "-A", "examples.demo.app", "worker", "-P", "threads",
          "-c", "2", "-Q", "video_processing", "-n", name, "--without-gossip", "--without-mingle",
          "--without-heartbeat", "-l", "INFO", "-f", str(log)],
         env={**os.environ, "REDIS_URL": env.redis_url, "DATABASE_URL": env.database_url,

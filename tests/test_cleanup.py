@@ -16,8 +16,8 @@ import sqlalchemy as sa
 from celery import Celery
 from celery.result import AsyncResult
 
+from examples.demo.schema import new_id, sub_tasks, tasks, utcnow
 from maintenance.adapters.quarantine import tombstone_for
-from maintenance.demo.schema import new_id, sub_tasks, tasks, utcnow
 from tests.conftest import ROOT, run_cli, wait_for
 from tests.workers import demo_worker
 

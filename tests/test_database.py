@@ -9,10 +9,10 @@ from datetime import timedelta
 import pytest
 import sqlalchemy as sa
 
+from examples.demo.schema import new_id, sub_tasks, tasks, utcnow
 from maintenance.adapters.database import TaskDatabase, create_db_engine
 from maintenance.config import Settings
 from maintenance.core.models import RowState
-from maintenance.demo.schema import new_id, sub_tasks, tasks, utcnow
 from maintenance.errors import ConfigError, DatabaseUnavailable
 from tests.servers import free_port
 

@@ -99,7 +99,7 @@ def test_compose_environment_is_what_the_config_reads() -> None:
         assert settings.redis.broker_url == service["environment"]["REDIS_URL"]
         assert settings.database.url == service["environment"]["DATABASE_URL"]
         assert any(v.split(":")[1] == "/app/logs" for v in service["volumes"])
-    demo_source = (ROOT / "maintenance/demo/app.py").read_text()
+    demo_source = (ROOT / "examples/demo/app.py").read_text()
     for name in ("demo-worker", "demo-producer"):
         for var in services[name]["environment"]:
             assert f'"{var}"' in demo_source or var in URL_OVERRIDES, (name, var)
@@ -118,8 +118,8 @@ def test_compose_health_checks_and_start_order() -> None:
     assert "maintenance@$$HOSTNAME" in ping and celery_option(
         services["maintenance-worker"]["command"], "-n") == "maintenance@%h"
     demo = services["demo-producer"]["command"]
-    assert demo[:3] == ["python", "-m", "maintenance.demo.story"]
-    assert services["demo-worker"]["command"][2] == "maintenance.demo.app"
+    assert demo[:3] == ["python", "-m", "examples.demo.story"]
+    assert services["demo-worker"]["command"][2] == "examples.demo.app"
 
 
 def test_dockerfile_entry_commands_and_config_path() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from maintenance.core.diff import Lookup, LostTracker, judge_message, judge_messages, judge_result
+from maintenance.core.diff import Lookup, LostTracker, judge_message, judge_result
 from maintenance.core.models import (
     FindingKind,
     Location,
@@ -100,11 +100,11 @@ def test_messages_with_a_problem_are_unreadable(reason: Reason) -> None:
                                                               "why")
 
 
-def test_judge_messages_keeps_only_findings() -> None:
+def test_one_lookup_judges_a_batch_of_messages() -> None:
     """A batch gives one finding per bad message and nothing for good ones."""
     messages = [task_msg("t1", "a"), task_msg("gone", "b"), task_msg("t2", "c")]
     lookup = Lookup(tasks={"t1": ACTIVE, "t2": DONE})
-    found = judge_messages(messages, lookup)
+    found = [f for msg in messages if (f := judge_message(msg, lookup)) is not None]
     assert [(f.task_id, f.reason) for f in found] == [("b", Reason.ROW_MISSING),
                                                       ("c", Reason.ROW_FINISHED)]
 
@@ -153,7 +153,7 @@ def test_lost_rows_are_those_never_seen() -> None:
     assert len(tracker) == 4
     tracker.saw(task_msg("a", "x"))  # by database id
     tracker.saw(Message("cid-b", "other.task", LOC))  # by the row's Celery id, even unmanaged
-    tracker.saw_task_ids(["cid-c"])  # reported by a live worker
+    tracker.saw(Message("cid-c", "other.task", Location(Where.WORKER, worker="w1")))  # held
     tracker.saw(task_msg("d", "y", kind="sub_task"))  # a sub-task with the same id: not it
     found = tracker.findings(NOW)
     assert [(f.db_id, f.kind, f.reason) for f in found] == [

@@ -9,10 +9,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from maintenance import result_scan
 from maintenance.errors import BrokerUnavailable
-from maintenance.forked import ForkedCall, Report
-from maintenance.result_scan import BackgroundResults
+from maintenance.scan import results as result_scan
+from maintenance.scan.forked import ForkedCall, Report
+from maintenance.scan.results import BackgroundResults
 
 
 def test_result_and_progress_come_back_from_the_child() -> None:

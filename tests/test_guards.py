@@ -18,18 +18,18 @@ import redis
 import sqlalchemy as sa
 from celery import Celery
 
+from examples.demo.schema import create_schema, new_id, sub_tasks, tasks, utcnow
 from maintenance.config import GuardSettings
-from maintenance.core.models import Reason, RowState
-from maintenance.demo.schema import create_schema, new_id, sub_tasks, tasks, utcnow
-from maintenance.guard_policy import Action, Attempts, Rows, Verdict, judge, judge_unavailable
-from maintenance.guard_state import (
+from maintenance.core.models import Reason, Rows, RowState
+from maintenance.guards import SKIP_EVENT, validate_sub_task_exists, validate_task_exists
+from maintenance.guards.policy import Action, Attempts, Verdict, judge, judge_unavailable
+from maintenance.guards.runtime import (
     GUARD_SKIPS,
     GuardSkip,
     add_skip_listener,
     record_skip,
     remove_skip_listener,
 )
-from maintenance.guards import SKIP_EVENT, validate_sub_task_exists, validate_task_exists
 from tests.conftest import ROOT, producer_app, wait_for, write_config
 from tests.servers import PostgresServer, RedisServer
 

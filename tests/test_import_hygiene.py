@@ -1,17 +1,33 @@
-"""Import hygiene: importing our modules has no side effects, and the core imports no drivers."""
+"""Import hygiene: importing our modules has no side effects, and the layers keep their rules.
+
+The dependency rules, read from every module's imports (function-level ones included):
+- `core` imports nothing of the project outside `core`, and no driver;
+- `adapters` import only `core`, `config`, `errors`, `redaction` and each other;
+- only `adapters` and the composition module `services` import redis, sqlalchemy, kombu or
+  psycopg2 (so nothing else can catch a driver's exception either);
+- the CLI, the Celery tasks and the Python API reach adapters, scan and actions only through
+  the service (`maintenance.service`), never directly nor through the composition module.
+"""
 
 from __future__ import annotations
 
+import ast
 import json
+import os
 import pkgutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+
+import pytest
 
 import maintenance
 
 ROOT = Path(__file__).resolve().parent.parent
-COMPOSITION_ROOTS = {"maintenance.demo.app", "maintenance.worker"}  # `celery -A` entry modules
+PACKAGE = ROOT / "maintenance"
+COMPOSITION_ROOTS = {"maintenance.worker"}  # the `celery -A` entry module
+DRIVERS = ("redis", "sqlalchemy", "kombu", "psycopg2")
 
 # Runs in a fresh interpreter. Third-party packages are imported first, so that what is recorded
 # is what *our* modules do at import time: sockets opened, files opened other than code, the
@@ -83,9 +99,10 @@ def our_modules() -> list[str]:
     return sorted(set(names) - COMPOSITION_ROOTS)
 
 
-def probe(modules: list[str]) -> dict[str, object]:
+def probe(modules: list[str], env: dict[str, str] | None = None) -> dict[str, object]:
     done = subprocess.run([sys.executable, "-c", PROBE, json.dumps(modules)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=120,
+                          env=None if env is None else {**os.environ, **env})
     assert done.returncode == 0, done.stderr
     result: dict[str, object] = json.loads(done.stdout.strip().splitlines()[-1])
     return result
@@ -97,7 +114,7 @@ def test_the_module_list_is_complete() -> None:
     for expected in ("maintenance.core.diff", "maintenance.adapters.redis_reader",
                      "maintenance.cli.main", "maintenance.services", "maintenance.config"):
         assert expected in names
-    assert "maintenance.demo.app" not in names
+    assert "maintenance.worker" not in names
 
 
 def test_importing_has_no_side_effects() -> None:
@@ -110,9 +127,11 @@ def test_importing_has_no_side_effects() -> None:
 
 
 def test_the_probe_sees_side_effects() -> None:
-    """The probe itself works: the demo app, which reads its env at import, is caught."""
-    result = probe(["maintenance.demo.app"])
-    assert any("REDIS_URL" in read for read in result["env_reads"])  # type: ignore[union-attr]
+    """The probe itself works: the worker entry module, which reads its config at import, is
+    caught."""
+    result = probe(["maintenance.worker"],
+                   {"MAINTENANCE_CONFIG": str(ROOT / "config" / "maintenance.example.toml")})
+    assert any("MAINTENANCE_CONFIG" in read for read in result["env_reads"])  # type: ignore[union-attr]
 
 
 def test_core_imports_no_driver() -> None:
@@ -137,3 +156,78 @@ def test_package_import_is_lazy() -> None:
                           text=True, timeout=60)
     loaded = json.loads(done.stdout)
     assert "celery" not in loaded and "sqlalchemy" not in loaded
+
+
+# -- dependency rules -------------------------------------------------------------------------
+def imports_of(source: str) -> Iterator[str]:
+    """Every module a source imports, at any depth of the file (lazy imports count too)."""
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            yield from (alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            yield node.module
+            yield from (f"{node.module}.{alias.name}" for alias in node.names)
+
+
+def _within(name: str, *packages: str) -> bool:
+    return any(name == p or name.startswith(p + ".") for p in packages)
+
+
+def violations(module: str, imported: list[str]) -> list[str]:
+    """The dependency rules broken by `module` importing `imported`."""
+    ours = [name for name in imported if _within(name, "maintenance")]
+    found: list[str] = []
+    if _within(module, "maintenance.core"):
+        found += [f"core imports {name}" for name in ours if not _within(name, "maintenance.core")]
+    if _within(module, "maintenance.adapters"):
+        allowed = ("maintenance.core", "maintenance.config", "maintenance.errors",
+                   "maintenance.redaction", "maintenance.adapters")
+        found += [f"an adapter imports {name}" for name in ours if not _within(name, *allowed)]
+    if not _within(module, "maintenance.adapters", "maintenance.services"):
+        found += [f"driver {name} imported outside the adapters" for name in imported
+                  if _within(name, *DRIVERS)]
+    if _within(module, "maintenance.cli", "maintenance.tasks", "maintenance.api"):
+        hidden = ("maintenance.adapters", "maintenance.scan", "maintenance.actions",
+                  "maintenance.services")
+        found += [f"{name} reached around the service" for name in ours
+                  if _within(name, *hidden)]
+    return sorted(set(found))
+
+
+def module_sources() -> Iterator[tuple[str, str]]:
+    for path in sorted(PACKAGE.rglob("*.py")):
+        parts = path.relative_to(ROOT).with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        yield name, path.read_text()
+
+
+def test_every_module_keeps_the_dependency_rules() -> None:
+    """No module of the package breaks a layer's rule."""
+    broken = {name: found for name, source in module_sources()
+              if (found := violations(name, list(imports_of(source))))}
+    assert broken == {}
+
+
+@pytest.mark.parametrize(("module", "source", "expected"), [
+    ("maintenance.core.plan", "from maintenance.config import Settings",
+     "core imports maintenance.config"),
+    ("maintenance.core.diff", "import redis", "driver redis imported outside the adapters"),
+    ("maintenance.adapters.quarantine", "from maintenance.actions.apply import Applier",
+     "an adapter imports maintenance.actions.apply"),
+    ("maintenance.actions.run", "def f():\n    from redis.exceptions import LockError",
+     "driver redis.exceptions imported outside the adapters"),
+    ("maintenance.cli.commands", "from maintenance.services import open_adapters",
+     "maintenance.services reached around the service"),
+    ("maintenance.tasks", "from maintenance.adapters import workers",
+     "maintenance.adapters reached around the service"),
+    ("maintenance.api", "import maintenance.scan.reconciler",
+     "maintenance.scan.reconciler reached around the service"),
+])
+def test_the_rules_catch_a_violation(module: str, source: str, expected: str) -> None:
+    """Each rule fires on a module that breaks it (the check above is not vacuous)."""
+    assert expected in violations(module, list(imports_of(source)))
+
+
+def test_the_composition_module_may_open_connections() -> None:
+    """`services` builds the adapters, so it alone besides them imports a driver."""
+    assert violations("maintenance.services", ["redis", "maintenance.adapters.workers"]) == []

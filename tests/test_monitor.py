@@ -16,8 +16,8 @@ import sqlalchemy as sa
 from celery import Celery
 from prometheus_client.parser import text_string_to_metric_families
 
+from examples.demo.schema import new_id, tasks, utcnow
 from maintenance.adapters.history import HistoryStore
-from maintenance.demo.schema import new_id, tasks, utcnow
 from tests.alert_servers import Hook, hook_fixture  # noqa: F401
 from tests.conftest import ROOT, run_cli, wait_for, write_config
 from tests.servers import free_port

@@ -8,7 +8,7 @@ from typing import cast
 import pytest
 import structlog
 
-from maintenance.apply import _Overlapped
+from maintenance.actions.apply import _Overlapped
 from maintenance.core.models import Finding
 from maintenance.errors import DatabaseUnavailable
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from maintenance.core.models import Finding, FindingKind, Location, Reason, Where
@@ -71,8 +73,8 @@ def test_location_rule(where: Where, alive: bool, taken_ago_s: float | None,
                        expected: Action) -> None:
     """A message a live worker may hold is revoked, never pulled from under it."""
     taken_at = None if taken_ago_s is None else NOW - taken_ago_s
-    f = orphan("a", Reason.ROW_FINISHED, where)
-    assert orphan_action(f, alive, NOW, Policy(visibility_timeout_s=3600), taken_at) == expected
+    f = replace(orphan("a", Reason.ROW_FINISHED, where), taken_at=taken_at)
+    assert orphan_action(f, alive, NOW, Policy(visibility_timeout_s=3600)) == expected
 
 
 @pytest.mark.parametrize(("orphans", "managed", "ratio", "maximum", "refused"), [

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
+from examples.demo.schema import sub_tasks, tasks, utcnow
 from maintenance.adapters.database import TaskDatabase
 from maintenance.adapters.id_coercion import pg_array_literal
 from maintenance.config import Settings, settings_from_mapping
@@ -18,7 +19,6 @@ from maintenance.core.bindings import Binding, BindingTable
 from maintenance.core.diff import LostTracker, Verdicts, judge_message
 from maintenance.core.envelope import parse_list_element, quick_message, quick_read
 from maintenance.core.models import Location, Message, StuckRow, Where
-from maintenance.demo.schema import sub_tasks, tasks, utcnow
 
 BINDINGS = BindingTable((
     Binding("demo.process_video", "args[0]"),

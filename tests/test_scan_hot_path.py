@@ -19,7 +19,7 @@ from maintenance.core.diff import Lookup, LostTracker, Verdicts
 from maintenance.core.envelope import parse_list_element, quick_message, quick_read
 from maintenance.core.models import Location, RowState, Where
 from maintenance.core.report import ScanReport
-from maintenance.scan_batches import LookUp, LookupBatcher
+from maintenance.scan.batches import LookUp, LookupBatcher
 from tests.test_scan_fast_path import ORDINARY, UNUSUAL, envelope
 
 BINDINGS = BindingTable((

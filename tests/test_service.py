@@ -15,12 +15,11 @@ from celery import Celery
 from celery.exceptions import SoftTimeLimitExceeded
 from celery.result import AsyncResult
 
+from examples.demo.schema import new_id, tasks, utcnow
 from maintenance.adapters.history import HistoryStore
-from maintenance.cleanup import CleanupService, RunOptions
 from maintenance.config import Settings
-from maintenance.demo.schema import new_id, tasks, utcnow
 from maintenance.schedule import CLEANUP_EXPIRED_TASKS, SCAN_ORPHANS
-from maintenance.services import open_services
+from maintenance.service import Maintenance, RunMode, RunOptions
 from tests.conftest import wait_for, write_config
 from tests.service_procs import maintenance_beat, maintenance_worker
 
@@ -146,14 +145,10 @@ def test_soft_time_limit_exception_mid_run_records_partial_and_releases_the_lock
     def interrupt(_wait_s: float, _findings: int) -> None:  # Celery raises it from a signal
         raise SoftTimeLimitExceeded()
 
-    options = RunOptions(mode="scan_orphans", started_by="test", on_wait=interrupt,
+    options = RunOptions(mode=RunMode.SCAN_ORPHANS, started_by="test", on_wait=interrupt,
                          interrupted_by=(SoftTimeLimitExceeded,))
-    services = open_services(settings)
-    try:
-        with pytest.raises(SoftTimeLimitExceeded):
-            CleanupService(services).run(options)
-    finally:
-        services.close()
+    with Maintenance.open(settings) as maintenance, pytest.raises(SoftTimeLimitExceeded):
+        maintenance.cleanup(options)
     (run,) = finished_runs(engine)
     assert run["outcome"] == "partial" and run["error"] == "interrupted: SoftTimeLimitExceeded"
     assert not redis_client.exists(LOCK)

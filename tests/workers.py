@@ -16,7 +16,7 @@ from pathlib import Path
 def demo_worker(redis_url: str, database_url: str, log_path: Path, *,
                 queues: str = "video_processing,celery", pool: str = "solo",
                 name: str = "demo", extra_env: dict[str, str] | None = None,
-                app: str = "maintenance.demo.app") -> Iterator[subprocess.Popen[bytes]]:
+                app: str = "examples.demo.app") -> Iterator[subprocess.Popen[bytes]]:
     """Run `celery -A <app> worker` until the block ends; its log goes to `log_path`."""
     env = {**os.environ, "REDIS_URL": redis_url, "DATABASE_URL": database_url,
            "C_FORCE_ROOT": "1", **(extra_env or {})}

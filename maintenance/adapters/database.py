@@ -7,7 +7,7 @@ from collections.abc import Set as AbstractSet
 from contextlib import contextmanager, nullcontext, suppress
 from datetime import UTC, datetime
 from functools import partial
-from typing import Any, TypeVar
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
@@ -16,11 +16,9 @@ from sqlalchemy.engine import Engine
 from maintenance.adapters.id_coercion import IdCoercer, pg_array_literal
 from maintenance.config import Settings, SubTaskTableSettings, TaskTableSettings
 from maintenance.core.diff import Lookup, Verdicts
-from maintenance.core.models import RowState, StuckRow
+from maintenance.core.models import RowKind, RowState, StuckRow
 from maintenance.errors import ConfigError, DatabaseUnavailable
 from maintenance.redaction import redact_text
-
-T = TypeVar("T")
 
 
 @contextmanager
@@ -243,7 +241,8 @@ class TaskDatabase:
         yield from self._iter_stuck_table(self.tasks, cfg, "task", older_than_s, now)
 
     def _iter_stuck_table(self, table: sa.Table, cfg: TaskTableSettings | SubTaskTableSettings,
-                          kind: str, older_than_s: float, now: float) -> Iterator[StuckRow]:
+                          kind: RowKind, older_than_s: float, now: float
+                          ) -> Iterator[StuckRow]:
         assert isinstance(cfg, TaskTableSettings)
         updated = table.c[cfg.updated_at_column]
         cutoff = _cutoff_for(updated, now - older_than_s)
@@ -258,17 +257,15 @@ class TaskDatabase:
                                updated_at=_as_epoch(updated_at),
                                celery_id=None if celery_id is None else str(celery_id))
 
-    def row_state(self, kind: str, db_id: str) -> RowState | None:
-        """One primary-key look-up (guards and `check --task-id`)."""
-        if kind == "sub_task":
-            lookup = self.lookup((), (db_id,))
-            return lookup.sub_tasks.get(db_id)
-        return self.lookup((db_id,)).tasks.get(db_id)
-
-    def call(self, what: str, fn: Callable[[sa.Connection], T]) -> T:
-        """Run `fn` in a transaction with driver errors translated."""
-        with database_errors(what), self.engine.begin() as conn:
-            return fn(conn)
+    def iter_active_rows(self) -> Iterator[dict[str, Any]]:
+        """Every row in a "still to run" status, whole, streamed with a server-side cursor."""
+        cfg = self.settings.tasks
+        table = self.tasks
+        query = (sa.select(table).where(table.c[cfg.status_column].in_(cfg.active_statuses))
+                 .execution_options(yield_per=self.settings.database.batch_size))
+        with database_errors("reading active rows"), self.engine.connect() as conn:
+            for row in conn.execute(query):
+                yield dict(row._mapping)
 
 
 def _cutoff_for(column: sa.Column[Any], epoch: float) -> Any:

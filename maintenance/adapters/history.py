@@ -6,7 +6,7 @@ import io
 import json
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -87,8 +87,9 @@ class ActionBuffer:
 class HistoryStore:
     """Writes are small and committed at once, so a run that dies mid-way leaves a true record."""
 
-    def __init__(self, engine: Engine):
+    def __init__(self, engine: Engine, clock: Callable[[], float] = time.time):
         self.engine = engine
+        self.clock = clock
         self._ready = False
 
     def init(self) -> None:
@@ -104,13 +105,13 @@ class HistoryStore:
         self._ensure()
         run_id = str(uuid.uuid4())
         with database_errors("recording the run start"), self.engine.begin() as conn:
-            conn.execute(sa.insert(runs).values(id=run_id, started_by=started_by, mode=mode,
-                                                started_at=time.time(), outcome="running",
+            conn.execute(sa.insert(runs).values(id=run_id, started_by=started_by, mode=str(mode),
+                                                started_at=self.clock(), outcome="running",
                                                 counts="{}"))
         return run_id
 
     def record_actions(self, run_id: str, records: Iterable[ActionRecord]) -> int:
-        now = time.time()
+        now = self.clock()
         rows = [{"run_id": run_id, "at": now, **vars(r)} for r in records]
         if not rows:
             return 0
@@ -126,7 +127,7 @@ class HistoryStore:
                    error: str | None = None) -> None:
         with database_errors("recording the run end"), self.engine.begin() as conn:
             conn.execute(sa.update(runs).where(runs.c.id == run_id).values(
-                finished_at=time.time(), outcome=outcome, counts=json.dumps(counts),
+                finished_at=self.clock(), outcome=str(outcome), counts=json.dumps(counts),
                 error=error))
 
     def recent_runs(self, limit: int = 20) -> list[dict[str, Any]]:

@@ -45,6 +45,14 @@ class IdCoercer:
             return None
         return text
 
+    def param(self, text: str) -> Any:
+        """As a bound parameter of the column's own type (a UUID column takes a UUID), or None
+        when no row can have this id."""
+        value = self(text)
+        if value is not None and self.python_type is uuid.UUID:
+            return uuid.UUID(value)
+        return value
+
     def group(self, texts: Iterable[str]) -> tuple[dict[Any, list[str]], set[str]]:
         """Coerced value -> the texts giving it, and the texts that cannot be an id. Text ids
         stay themselves: that case skips the per-id call (a million of them in a scan)."""

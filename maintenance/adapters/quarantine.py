@@ -30,7 +30,6 @@ tombstones would hand workers 100,000 messages to discard and keep `LLEN` inflat
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -321,6 +320,3 @@ def _tail_first(findings: Sequence[Finding]) -> list[Finding]:
             out.append(f)
     return out
 
-
-def new_run_id() -> str:
-    return str(uuid.uuid4())

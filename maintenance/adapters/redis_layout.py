@@ -78,7 +78,7 @@ class ResultLayout:
 
 @dataclass(frozen=True)
 class OwnKeys:
-    """Keys of our own: quarantine, run lock, and the sightings behind the grace period."""
+    """Keys of our own: quarantine, run lock, scan summaries, guard skip counts."""
 
     prefix: str = "task-maintenance"
 
@@ -98,8 +98,12 @@ class OwnKeys:
         return self.key("quarantine", "index")
 
     @property
-    def sightings(self) -> str:
-        return self.key("sightings")
+    def lock_holder(self) -> str:
+        return self.key("lock", "holder")
+
+    @property
+    def guard_skips(self) -> str:
+        return self.key("guard", "skips")
 
 
 def _glob_escape(text: str) -> str:

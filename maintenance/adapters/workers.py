@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +29,10 @@ class WorkerControl:
     def __init__(self, app: Celery, timeout_s: float = 2.0):
         self.app = app
         self.timeout_s = timeout_s
+
+    def with_timeout(self, timeout_s: float) -> WorkerControl:
+        """The same control with a shorter wait (the live view pings every few seconds)."""
+        return WorkerControl(self.app, timeout_s)
 
     def ping(self) -> list[str]:
         with broker_errors("pinging workers"):
@@ -86,6 +90,3 @@ def _message(request: dict[str, Any], worker: str, state: str,
     return Message(task_id, name, location, db_id=None if db_id is None else str(db_id),
                    row_kind=binding.kind)
 
-
-def task_ids_of(messages: Iterable[Message]) -> set[str]:
-    return {m.task_id for m in messages if m.task_id}

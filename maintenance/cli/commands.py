@@ -1,21 +1,20 @@
-"""The subcommands. Each is a thin caller of the services; rendering lives in `render`."""
+"""The subcommands. Each is a thin caller of `Maintenance`; rendering lives in `render`."""
 
 from __future__ import annotations
 
 import argparse
 import io
 import sys
+from dataclasses import replace
 
-from maintenance.adapters.scan_summary import ScanSummaryStore
-from maintenance.cli.cleanup_cmds import add_cleanup_commands
-from maintenance.cli.monitor_cmds import add_monitor_commands
-from maintenance.cli.progress import Progress
+from maintenance.cli.cleanup_commands import add_cleanup_commands
+from maintenance.cli.exit_codes import ExitCode
+from maintenance.cli.monitor.commands import add_monitor_commands
+from maintenance.cli.progress import ProgressLine
 from maintenance.cli.render import render_report, write_report_json
 from maintenance.config import Settings
 from maintenance.core.report import ScanReport
-from maintenance.exit_codes import ExitCode
-from maintenance.reconcile import Reconciler
-from maintenance.services import open_services
+from maintenance.service import Maintenance
 
 
 def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -36,20 +35,14 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
 
 def run_check(args: argparse.Namespace, settings: Settings) -> int:
     if args.no_workers:
-        from dataclasses import replace
-
         settings = replace(settings, scan=replace(settings.scan, inspect_workers=False))
-    services = open_services(settings)
-    progress = Progress()
+    progress = ProgressLine()
     try:
-        report = Reconciler(settings, services.reader, services.db, services.workers,
-                            progress=progress).scan(only=args.task_id,
-                                                    results=not args.no_results)
-        if args.task_id is None and not args.no_results:  # a whole scan: what `monitor` shows
-            ScanSummaryStore(services.broker, services.own_keys).save_report(report, "check")
+        with Maintenance.open(settings) as maintenance:
+            report = maintenance.check(args.task_id, results=not args.no_results,
+                                       progress=progress)
     finally:
         progress.done()
-        services.close()
     if args.json:
         _print_report_json(report)
     else:

@@ -3,23 +3,21 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from collections.abc import Sequence
-from typing import Any
 
 import structlog
 
+from maintenance.cli.commands import add_commands
+from maintenance.cli.exit_codes import ExitCode
 from maintenance.config import Settings, load_settings, resolve_config_path
 from maintenance.errors import ConfigError, LockHeld, PlanRefused, UnavailableError
-from maintenance.exit_codes import ExitCode
+from maintenance.logging_setup import configure_logging
 from maintenance.redaction import redact_text
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from maintenance.cli.commands import add_commands
-
     parser = argparse.ArgumentParser(
         prog="task-cleanup",
         description="Keep a database task table and Celery's Redis state consistent.",
@@ -60,8 +58,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _configure_logging(settings: Settings, args: argparse.Namespace) -> None:
-    from maintenance.logging_setup import configure_logging
-
     try:
         configure_logging(settings.logging.dir, settings.logging.level,
                           console_level=(args.log_level or "WARNING").upper())
@@ -76,11 +72,6 @@ def _configure_logging(settings: Settings, args: argparse.Namespace) -> None:
 def _fail(code: int, message: str) -> int:
     print(f"task-cleanup: {redact_text(message)}", file=sys.stderr)
     return int(code)
-
-
-def print_json(doc: Any) -> None:
-    json.dump(doc, sys.stdout, indent=2, default=str, ensure_ascii=False)
-    sys.stdout.write("\n")
 
 
 if __name__ == "__main__":  # pragma: no cover

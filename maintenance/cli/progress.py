@@ -7,7 +7,7 @@ import time
 from typing import TextIO
 
 
-class Progress:
+class ProgressLine:
     def __init__(self, stream: TextIO | None = None, min_interval_s: float = 0.2):
         self.stream = stream or sys.stderr
         self.enabled = self.stream.isatty()

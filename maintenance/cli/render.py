@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import sys
 from collections.abc import Sequence
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import orjson
 
@@ -21,6 +23,11 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
 
     rule = "  ".join("-" * w for w in widths)
     return "\n".join([line(cells[0]), rule, *(line(r) for r in cells[1:])])
+
+
+def print_json(doc: Any) -> None:
+    json.dump(doc, sys.stdout, indent=2, default=str, ensure_ascii=False)
+    sys.stdout.write("\n")
 
 
 def finding_line(f: Finding) -> str:

@@ -6,9 +6,10 @@ import re
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from functools import lru_cache
-from typing import Any, Literal
+from typing import Any
 
-RowKind = Literal["task", "sub_task"]
+from maintenance.core.models import RowKind
+
 ARG_PATTERN = re.compile(r"^args\[(\d+)\]$")
 _KWARG = re.compile(r"^kwargs\.([A-Za-z_][A-Za-z0-9_]*)$")
 _MISSING = object()

@@ -95,10 +95,6 @@ class Verdicts:
         return cls(checked, {kind: problems(kind, ids) for kind, ids in checked.items()}, lookup)
 
 
-def judge_messages(messages: Iterable[Message], lookup: Lookup) -> list[Finding]:
-    return [f for msg in messages if (f := judge_message(msg, lookup)) is not None]
-
-
 def _row_verdict(row: RowState | None, missing: Reason, finished: Reason) -> Reason | None:
     if row is None:
         return missing
@@ -188,12 +184,6 @@ class LostTracker:
         key = self._by_celery_id.pop(task_id, None)
         if key is not None:
             self._rows.pop(key, None)
-
-    def saw_task_ids(self, task_ids: Iterable[str]) -> None:
-        for task_id in task_ids:
-            key = self._by_celery_id.pop(task_id, None)
-            if key is not None:
-                self._rows.pop(key, None)
 
     def findings(self, now: float) -> list[Finding]:
         out = []

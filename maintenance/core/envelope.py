@@ -15,11 +15,11 @@ from typing import Any
 import orjson
 
 from maintenance.core.bindings import Binding, BindingTable
-from maintenance.core.models import Location, Message, Reason
+from maintenance.core.models import Bound, Location, Message, Reason
 
 _JSON_TYPES = ("application/json", "application/x-json")
 # quick_read's answer: (task id, row kind, database id, task name, raw delivery tag, eta).
-Quick = tuple[str, str, str | None, str, Any, Any]
+Quick = tuple[str, Bound, str | None, str, Any, Any]
 
 
 def parse_list_element(raw: bytes, location: Location, bindings: BindingTable) -> Message:

@@ -2,9 +2,47 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import Any, Literal
+
+RowKind = Literal["task", "sub_task"]  # which of the app's tables a message's id points into
+Bound = RowKind | Literal[""]  # a message's or finding's row kind; "" when unmanaged
+Progress = Callable[[str, int, int | None], None]  # (phase, done, total or None when unknown)
+
+
+class RunMode(StrEnum):
+    """What a recorded maintenance run was started to do (the history's `mode` column)."""
+
+    CLEANUP = "cleanup"
+    QUICK_FIX = "quick-fix"
+    SCAN_ORPHANS = "scan_orphans"
+    CLEANUP_EXPIRED_TASKS = "cleanup_expired_tasks"
+    REVOKE_ORPHANS = "revoke_orphans"  # RedisTaskCleaner.revoke_orphaned_tasks
+    EXPIRED_RESULTS = "expired_results"  # RedisTaskCleaner.cleanup_expired_results
+    REVOKE = "revoke"  # operator: named tasks
+    RESTORE = "restore"  # operator: back from the quarantine
+
+
+class Outcome(StrEnum):
+    """How a maintenance run ended (the history's `outcome` column)."""
+
+    RUNNING = "running"  # started, not finished yet
+    OK = "ok"
+    PARTIAL = "partial"  # stopped early (time limit), what it did is recorded
+    REFUSED = "refused"  # the circuit breaker refused the plan
+    DECLINED = "declined"  # the operator answered no
+    DRY_RUN = "dry_run"  # nothing was recorded or changed
+    FAILED = "failed"  # Redis or the database failed: nothing further was changed
+    SKIPPED = "skipped"  # a Celery task met another run's lock
+
+
+def as_text(value: object) -> str:
+    """A driver's value as text: bytes decoded, None as ""."""
+    if value is None:
+        return ""
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 class FindingKind(StrEnum):
@@ -72,7 +110,7 @@ class Message:
     task_name: str
     location: Location
     db_id: str | None = None  # the bound database id, normalised to text
-    row_kind: str = ""  # "task" / "sub_task" when bound; "" when unmanaged
+    row_kind: Bound = ""
     problem: Reason | None = None  # set when the message cannot be judged
     detail: str = ""
     eta: str | None = None
@@ -90,6 +128,15 @@ class RowState:
 
 
 @dataclass(frozen=True, slots=True)
+class Rows:
+    """What one primary-key look-up found: the row, and for a sub-task its parent."""
+
+    row: RowState | None
+    parent: RowState | None = None
+    parent_checked: bool = False  # False when the row has no parent to check
+
+
+@dataclass(frozen=True, slots=True)
 class ResultMeta:
     task_id: str
     key: str
@@ -101,7 +148,7 @@ class ResultMeta:
 @dataclass(frozen=True, slots=True)
 class StuckRow:
     db_id: str
-    row_kind: str
+    row_kind: RowKind
     status: str
     updated_at: float | None
     celery_id: str | None = None
@@ -115,9 +162,10 @@ class Finding:
     task_name: str
     db_id: str | None
     location: Location
-    age_s: float | None = None
+    age_s: float | None = None  # as reported: the finding's age when it was judged
     detail: str = ""
-    row_kind: str = ""  # "task" / "sub_task": which table the verdict was read from
+    row_kind: Bound = ""  # which table the verdict was read from
+    taken_at: float | None = None  # unacked: when a worker took the message (unix seconds)
 
     def as_dict(self) -> dict[str, Any]:
         loc = self.location

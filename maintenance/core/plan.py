@@ -8,7 +8,7 @@ location allows (a message a live worker holds is revoked, never pulled from und
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -22,6 +22,14 @@ class Action(StrEnum):
     DELETE_RESULT = "delete_result"
     MARK_FAILED = "mark_failed"
     REQUEUE = "requeue"
+
+
+class StuckAction(StrEnum):
+    """What a cleanup does with a lost row (`cleanup.stuck_action`)."""
+
+    REPORT = "report"  # nothing: it is reported only
+    MARK_FAILED = "mark_failed"  # set `cleanup.failed_status`, only on rows still stuck
+    REQUEUE = "requeue"  # send the bound task again
 
 
 class Hold(StrEnum):
@@ -38,7 +46,7 @@ class Policy:
     grace_s: float = 60.0
     max_orphan_ratio: float = 0.5
     max_orphans: int = 0  # 0: no absolute limit
-    stuck_action: str = "report"
+    stuck_action: StuckAction = StuckAction.REPORT
     visibility_timeout_s: float = 3600.0
 
 
@@ -85,13 +93,13 @@ def confirmed(finding: Finding, recheck: Recheck) -> bool:
     return recheck_key(finding) in recheck.still_bad
 
 
-def orphan_action(finding: Finding, workers_alive: bool, now: float,
-                  policy: Policy, taken_at: float | None) -> Action:
+def orphan_action(finding: Finding, workers_alive: bool, now: float, policy: Policy) -> Action:
     """Pull a message out only where no live worker can be holding it."""
     where = finding.location.where
     if where is Where.QUEUE:
         return Action.QUARANTINE
     if where is Where.UNACKED:
+        taken_at = finding.taken_at
         stale = taken_at is not None and now - taken_at > policy.visibility_timeout_s
         return Action.QUARANTINE_UNACKED if (stale or not workers_alive) else Action.REVOKE
     return Action.REVOKE  # active / reserved / scheduled on a live worker
@@ -112,13 +120,12 @@ def breaker_verdict(orphans: int, managed: int, policy: Policy) -> str:
 
 
 def lost_action(policy: Policy) -> Action | None:
-    return {"mark_failed": Action.MARK_FAILED, "requeue": Action.REQUEUE}.get(policy.stuck_action)
+    return {StuckAction.MARK_FAILED: Action.MARK_FAILED,
+            StuckAction.REQUEUE: Action.REQUEUE}.get(policy.stuck_action)
 
 
 def make_plan(findings: Sequence[Finding], *, managed_messages: int, workers_alive: bool,
-              now: float, policy: Policy, recheck: Recheck,
-              taken_at: Mapping[str, float] | None = None) -> Plan:
-    taken_at = taken_at or {}
+              now: float, policy: Policy, recheck: Recheck) -> Plan:
     actions: list[Planned] = []
     held: list[tuple[Finding, Hold]] = []
     orphan_actions: list[Planned] = []
@@ -128,8 +135,7 @@ def make_plan(findings: Sequence[Finding], *, managed_messages: int, workers_ali
                 hold = Hold.AWAITING_GRACE if recheck.checked_at is None else Hold.ROW_CAME_BACK
                 held.append((finding, hold))
                 continue
-            action = orphan_action(finding, workers_alive, now, policy,
-                                   taken_at.get(finding.location.delivery_tag))
+            action = orphan_action(finding, workers_alive, now, policy)
             orphan_actions.append(Planned(action, finding))
         elif finding.kind is FindingKind.STALE_RESULT:
             actions.append(Planned(Action.DELETE_RESULT, finding))

@@ -13,22 +13,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import redis
-
 from maintenance.adapters.history_totals import HistoryReader, HistoryView
-from maintenance.adapters.redis_layout import BrokerLayout, OwnKeys
-from maintenance.adapters.redis_reader import broker_errors
-from maintenance.adapters.scan_summary import ScanSummaryStore, decode
+from maintenance.adapters.live_state import LiveStateReader, QueueDepth
 from maintenance.adapters.workers import WorkerControl
 from maintenance.core.summary import ScanSummary, trend
 from maintenance.errors import UnavailableError
 
-
-@dataclass(frozen=True)
-class QueueDepth:
-    queue: str
-    band: int  # kombu priority band; 0 is the plain list
-    messages: int
+__all__ = ["QueueDepth", "Snapshot", "SnapshotReader"]
 
 
 @dataclass(frozen=True)
@@ -74,14 +65,10 @@ class Snapshot:
 
 
 class SnapshotReader:
-    def __init__(self, broker: redis.Redis, layout: BrokerLayout, own_keys: OwnKeys,
-                 queues: tuple[str, ...], workers: WorkerControl | None,
-                 history: HistoryReader | None, *, workers_every_s: float = 10.0,
-                 clock: Callable[[], float] = time.time):
-        self.broker = broker
-        self.layout = layout
-        self.summaries = ScanSummaryStore(broker, own_keys)
-        self.guard_skips_key = own_keys.key("guard", "skips")
+    def __init__(self, live: LiveStateReader, queues: tuple[str, ...],
+                 workers: WorkerControl | None, history: HistoryReader | None, *,
+                 workers_every_s: float = 10.0, clock: Callable[[], float] = time.time):
+        self.live = live
         self.queues = queues
         self.workers = workers
         self.history = history
@@ -96,7 +83,11 @@ class SnapshotReader:
         errors: list[str] = []
         parts: dict[str, Any] = {"taken_at": now}
         try:
-            parts.update(self._read_redis(now))
+            state = self.live.read(self.queues)
+            parts.update(queues=state.queues, unacked=state.unacked, latest=state.latest,
+                         previous=state.previous, guard_skips=state.guard_skips,
+                         unacked_oldest_age_s=None if state.oldest_taken_at is None
+                         else max(0.0, now - state.oldest_taken_at))
             self._refresh_workers(now)
         except UnavailableError as exc:
             parts["redis_ok"] = False
@@ -110,26 +101,6 @@ class SnapshotReader:
         return Snapshot(**parts, workers=self._workers, workers_checked_at=self._workers_at,
                         errors=tuple(errors))
 
-    def _read_redis(self, now: float) -> dict[str, Any]:
-        bands = [(queue, band, key) for queue in self.queues
-                 for band, key in self.layout.queue_keys(queue)]
-        with broker_errors("reading the monitor snapshot"):
-            pipe = self.broker.pipeline(transaction=False)
-            for _, _, key in bands:
-                pipe.llen(key)
-            pipe.hlen(self.layout.unacked)
-            pipe.zrange(self.layout.unacked_index, 0, 0, withscores=True)
-            pipe.mget([self.summaries.latest_key, self.summaries.previous_key])
-            pipe.hgetall(self.guard_skips_key)
-            *lengths, unacked, oldest, (latest, previous), skips = pipe.execute()
-        depths = tuple(QueueDepth(queue, band, int(n))
-                       for (queue, band, _), n in zip(bands, lengths, strict=True)
-                       if band == 0 or n)  # empty priority bands are noise
-        oldest_age = max(0.0, now - float(oldest[0][1])) if oldest else None
-        return {"queues": depths, "unacked": int(unacked), "unacked_oldest_age_s": oldest_age,
-                "latest": decode(latest), "previous": decode(previous),
-                "guard_skips": _int_hash(skips)}
-
     def _refresh_workers(self, now: float) -> None:
         """Ping blocks for its whole timeout, so ask only every `workers_every_s`."""
         if self.workers is None:
@@ -138,16 +109,6 @@ class SnapshotReader:
             return
         self._workers = tuple(self.workers.ping())
         self._workers_at = self.clock()
-
-
-def _int_hash(raw: dict[bytes, bytes]) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for key, value in raw.items():
-        try:
-            out[key.decode(errors="replace")] = int(value)
-        except ValueError:
-            continue
-    return dict(sorted(out.items()))
 
 
 def _round(value: float | None) -> float | None:

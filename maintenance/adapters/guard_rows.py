@@ -7,18 +7,16 @@ comes along through a join), autocommit (no BEGIN/ROLLBACK around it) and no pre
 
 from __future__ import annotations
 
-import uuid
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from maintenance.adapters.database import TaskDatabase, create_db_engine, database_errors
+from maintenance.adapters.id_coercion import IdCoercer
 from maintenance.config import Settings
-from maintenance.core.bindings import RowKind
-from maintenance.core.models import RowState
+from maintenance.core.models import RowKind, Rows, RowState, as_text
 from maintenance.errors import ConfigError
-from maintenance.guard_policy import Rows
 
 
 def create_guard_engine(settings: Settings) -> Engine:
@@ -37,27 +35,6 @@ def create_guard_engine(settings: Settings) -> Engine:
                           source=settings.source) from None
 
 
-def _id_parser(column: sa.Column[Any]) -> type | None:
-    try:
-        python_type = column.type.python_type
-    except NotImplementedError:
-        return None
-    return python_type if python_type in (int, uuid.UUID) else None
-
-
-def _parse_id(kind: type | None, text: str) -> Any:
-    """The id in the column's type, or None when no row can have it (e.g. 'abc' for an int key):
-    sending it anyway would fail the query and read as 'database unavailable' forever."""
-    try:
-        if kind is int:
-            return int(text)
-        if kind is uuid.UUID:
-            return uuid.UUID(text)
-    except (ValueError, TypeError):
-        return None
-    return text
-
-
 class RowReader:
     """Compiled once per process from the reflected tables; `read` is one round trip."""
 
@@ -67,7 +44,9 @@ class RowReader:
         self.active = frozenset(settings.tasks.active_statuses)
         tasks, cfg = db.tasks, settings.tasks
         task_id = tasks.c[cfg.id_column]
-        self._task_id_type = _id_parser(task_id)
+        # An id no row can have ('abc' for an int key) is not sent: the failed query would
+        # read as "database unavailable" forever.
+        self._task_id = IdCoercer.for_column(task_id)
         self._task_query = sa.select(tasks.c[cfg.status_column]).where(
             task_id == sa.bindparam("id", type_=task_id.type))
         self._sub_query: sa.Select[Any] | None = None
@@ -78,7 +57,7 @@ class RowReader:
             sub_id, parent_ref = subs.c[sub_cfg.id_column], subs.c[sub_cfg.parent_column]
             self._sub_has_status = bool(sub_cfg.status_column)
             sub_status = subs.c[sub_cfg.status_column] if sub_cfg.status_column else sa.null()
-            self._sub_id_type = _id_parser(sub_id)
+            self._sub_id = IdCoercer.for_column(sub_id)
             self._sub_query = (
                 sa.select(sub_status, parent_ref, parent.c[cfg.id_column],
                           parent.c[cfg.status_column])
@@ -88,7 +67,7 @@ class RowReader:
     def read(self, kind: RowKind, db_id: str) -> Rows:
         if kind == "sub_task":
             return self._read_sub_task(db_id)
-        value = _parse_id(self._task_id_type, db_id)
+        value = self._task_id.param(db_id)
         if value is None:
             return Rows(None)
         with database_errors("reading a task row"), self.engine.connect() as conn:
@@ -99,7 +78,7 @@ class RowReader:
         if self._sub_query is None:
             raise ConfigError("@validate_sub_task_exists needs a [sub_tasks] table",
                               key="sub_tasks.table")
-        value = _parse_id(self._sub_id_type, db_id)
+        value = self._sub_id.param(db_id)
         if value is None:
             return Rows(None)
         with database_errors("reading a sub-task row"), self.engine.connect() as conn:
@@ -107,7 +86,7 @@ class RowReader:
         if row is None:
             return Rows(None)
         status, parent_ref, parent_id, parent_status = row
-        sub = RowState(active=self._sub_active(status), status=_text(status),
+        sub = RowState(active=self._sub_active(status), status=as_text(status),
                        parent_id=None if parent_ref is None else str(parent_ref))
         if parent_ref is None:
             return Rows(sub)
@@ -115,12 +94,26 @@ class RowReader:
         return Rows(sub, parent, parent_checked=True)
 
     def _state(self, status: Any) -> RowState:
-        return RowState(active=status in self.active, status=_text(status))
+        return RowState(active=status in self.active, status=as_text(status))
 
     def _sub_active(self, status: Any) -> bool:
         """Without a status column a sub-task lives as long as its row (and its parent)."""
         return status in self.active if self._sub_has_status else True
 
+    def close(self) -> None:
+        self.engine.dispose()
 
-def _text(value: Any) -> str:
-    return "" if value is None else str(value)
+    def forget(self) -> None:
+        """Inherited through fork: drop the parent's pool without closing its sockets."""
+        self.engine.dispose(close=False)
+
+
+def open_row_reader(settings: Settings) -> RowReader:
+    """Reflects the tables, which reads the database: DatabaseUnavailable may propagate, and
+    the next task start tries again."""
+    engine = create_guard_engine(settings)
+    try:
+        return RowReader(TaskDatabase(engine, settings))
+    except BaseException:
+        engine.dispose()
+        raise

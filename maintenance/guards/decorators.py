@@ -6,7 +6,7 @@
 
 A finished row ends the task as REVOKED (never FAILURE) through `Ignore`; a missing row is
 re-checked with countdown retries first (the producer may not have committed yet); an unreachable
-database is retried with backoff and never skipped. Settings: see `maintenance.guard_state`.
+database is retried with backoff and never skipped. Settings: see `maintenance.guards.runtime`.
 """
 
 from __future__ import annotations
@@ -24,26 +24,24 @@ from celery import Task
 from celery._state import get_current_task
 from celery.exceptions import Ignore, Retry
 
-from maintenance.core.bindings import RowKind
-from maintenance.core.models import Reason
+from maintenance.core.models import Reason, RowKind
 from maintenance.errors import ConfigError, DatabaseUnavailable
-from maintenance.guard_policy import (
+from maintenance.guards.policy import (
     ATTEMPTS_HEADER,
     Action,
     Attempts,
     judge,
     judge_unavailable,
 )
-from maintenance.guard_state import (
+from maintenance.guards.runtime import (
     GuardRuntime,
     GuardSkip,
-    configure_guards,
     guard_runtime,
     record_recheck,
     record_skip,
 )
 
-__all__ = ["configure_guards", "validate_sub_task_exists", "validate_task_exists"]
+__all__ = ["validate_sub_task_exists", "validate_task_exists"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 SKIP_EVENT = "task-guard-skipped"  # Celery event type sent on every skip

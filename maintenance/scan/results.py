@@ -14,10 +14,8 @@ from dataclasses import dataclass, field
 
 from maintenance.adapters.redis_reader import RedisReader
 from maintenance.core.diff import judge_result, result_verdict
-from maintenance.core.models import Finding
-from maintenance.forked import CAN_FORK, ForkedCall, Report
-
-Progress = Callable[[str, int, int | None], None]
+from maintenance.core.models import Finding, Progress
+from maintenance.scan.forked import CAN_FORK, ForkedCall, Report
 
 
 @dataclass

@@ -9,15 +9,15 @@ import sys
 from collections import Counter
 from typing import Any
 
-from maintenance.cli.main import print_json
-from maintenance.cli.progress import Progress
-from maintenance.cli.render import finding_line, render_report, table
+from maintenance.cli.exit_codes import ExitCode
+from maintenance.cli.progress import ProgressLine
+from maintenance.cli.render import finding_line, print_json, render_report, table
 from maintenance.config import Settings
+from maintenance.core.models import Outcome, RunMode
 from maintenance.core.plan import Plan
 from maintenance.core.report import ScanReport
 from maintenance.errors import ConfigError
-from maintenance.exit_codes import ExitCode
-from maintenance.services import open_services
+from maintenance.service import Maintenance, OperatorResult, RunHistory, RunOptions
 
 
 def add_cleanup_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -27,13 +27,13 @@ def add_cleanup_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser
     _cleanup_args(cleanup)
     cleanup.add_argument("--dry-run", action="store_true", help="show the plan only")
     cleanup.add_argument("--force", action="store_true", help="do not ask (for scripts)")
-    cleanup.set_defaults(handler=run_cleanup, mode="cleanup")
+    cleanup.set_defaults(handler=run_cleanup, mode=RunMode.CLEANUP)
 
     quick = sub.add_parser("quick-fix", help="clean every confirmed orphan now, without asking",
                            description="The seed's quick_fix_orphaned_tasks: cleanup --force.")
     _cleanup_args(quick)
     quick.add_argument("--dry-run", action="store_true", help="show the plan only")
-    quick.set_defaults(handler=run_cleanup, mode="quick-fix", force=True)
+    quick.set_defaults(handler=run_cleanup, mode=RunMode.QUICK_FIX, force=True)
 
     revoke = sub.add_parser("revoke", help="revoke named tasks (quarantining queued copies)")
     revoke.add_argument("--task-id", action="append", required=True, metavar="ID")
@@ -104,14 +104,11 @@ def _ask(plan: Plan, report: ScanReport) -> bool:
 
 
 def run_cleanup(args: argparse.Namespace, settings: Settings) -> int:
-    from maintenance.cleanup import CleanupService, RunOptions
-
     if not args.force and not args.dry_run and not sys.stdin.isatty():
         raise ConfigError("cleanup asks for confirmation, but stdin is not a terminal: use "
                           "--force in scripts, or --dry-run to see the plan", key="--force",
                           source="command line")
-    services = open_services(settings)
-    progress = Progress()
+    progress = ProgressLine()
 
     def on_wait(seconds: float, count: int) -> None:
         if seconds > 0:
@@ -124,10 +121,10 @@ def run_cleanup(args: argparse.Namespace, settings: Settings) -> int:
                          max_orphans=args.max_orphans, scan_results=not args.no_results,
                          confirm=None if args.force else _ask, on_wait=on_wait)
     try:
-        result = CleanupService(services, progress=progress).run(options)
+        with Maintenance.open(settings) as maintenance:
+            result = maintenance.cleanup(options, progress=progress)
     finally:
         progress.done()
-        services.close()
     if args.json:
         print_json(result.summary())
     else:
@@ -138,57 +135,40 @@ def run_cleanup(args: argparse.Namespace, settings: Settings) -> int:
         if result.done:
             print(table(["done", "count"], sorted((k, f"{v:,}") for k, v in
                                                   result.done.items())))
-    if result.outcome == "dry_run":
+    if result.outcome is Outcome.DRY_RUN:
         return ExitCode.OK if result.report.consistent else ExitCode.FINDINGS
-    return ExitCode.OK if result.outcome in ("ok", "declined") else ExitCode.FINDINGS
+    return ExitCode.OK if result.outcome in (Outcome.OK, Outcome.DECLINED) else ExitCode.FINDINGS
 
 
 def run_revoke(args: argparse.Namespace, settings: Settings) -> int:
-    from maintenance.cleanup import CleanupService
-    from maintenance.manual import revoke_tasks
-
-    services = open_services(settings)
-    try:
-        result = revoke_tasks(CleanupService(services), args.task_id, force=args.force)
-    finally:
-        services.close()
-    _print_manual(args, result.run_id, result.done, result.details)
+    with Maintenance.open(settings) as maintenance:
+        result = maintenance.revoke(args.task_id, force=args.force, started_by=started_by())
+    _print_operator(args, result)
     return ExitCode.OK
 
 
 def run_restore(args: argparse.Namespace, settings: Settings) -> int:
-    from maintenance.cleanup import CleanupService
-    from maintenance.manual import restore_tasks
-
-    services = open_services(settings)
-    try:
-        result = restore_tasks(CleanupService(services), None if args.all else args.task_id)
-    finally:
-        services.close()
-    _print_manual(args, result.run_id, result.done, result.details)
+    with Maintenance.open(settings) as maintenance:
+        result = maintenance.restore(None if args.all else args.task_id,
+                                     started_by=started_by())
+    _print_operator(args, result)
     return ExitCode.OK if result.done.get("restored") else ExitCode.FINDINGS
 
 
-def _print_manual(args: argparse.Namespace, run_id: str, done: dict[str, int],
-                  details: list[str]) -> None:
+def _print_operator(args: argparse.Namespace, result: OperatorResult) -> None:
     if args.json:
-        print_json({"run_id": run_id, "done": done, "details": details})
+        print_json({"run_id": result.run_id, "done": result.done, "details": result.details})
         return
-    for line in details:
+    for line in result.details:
         print(line)
-    print(f"run {run_id}: " + (", ".join(f"{k}={v}" for k, v in done.items()) or "nothing done"))
+    print(f"run {result.run_id}: "
+          + (", ".join(f"{k}={v}" for k, v in result.done.items()) or "nothing done"))
 
 
 def run_history(args: argparse.Namespace, settings: Settings) -> int:
-    from maintenance.adapters.database import create_db_engine
-    from maintenance.adapters.history import HistoryStore
-
-    engine = create_db_engine(settings)
-    try:
-        store = HistoryStore(engine)
-        doc: Any = store.actions_of(args.run) if args.run else store.recent_runs(args.limit)
-    finally:
-        engine.dispose()
+    with RunHistory.open(settings) as history:
+        doc: Any = history.run_actions(args.run) if args.run else history.recent_runs(
+            args.limit)
     if args.json:
         print_json(doc)
     elif args.run:
@@ -204,13 +184,7 @@ def run_history(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def run_init_db(args: argparse.Namespace, settings: Settings) -> int:
-    from maintenance.adapters.database import create_db_engine
-    from maintenance.adapters.history import HistoryStore
-
-    engine = create_db_engine(settings)
-    try:
-        HistoryStore(engine).init()
-    finally:
-        engine.dispose()
+    with RunHistory.open(settings) as history:
+        history.init()
     print("history tables ready: maintenance_runs, maintenance_actions")
     return ExitCode.OK

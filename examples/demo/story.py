@@ -2,7 +2,7 @@
 
 Used by `scripts/demo.py` (`make demo`) and by the `demo` profile of docker-compose.yml:
 
-    python -m maintenance.demo.story --rows 12 --delete 4 --scan
+    python -m examples.demo.story --rows 12 --delete 4 --scan
 
 creates the demo tables, enqueues one real `demo.process_video` message per row through the demo
 app, deletes some rows "by hand", and with `--scan` asks the maintenance worker for a
@@ -22,7 +22,7 @@ from typing import Any
 import sqlalchemy as sa
 from celery import Celery
 
-from maintenance.demo.schema import create_schema, new_id, tasks, utcnow
+from examples.demo.schema import create_schema, new_id, tasks, utcnow
 from maintenance.schedule import SCAN_ORPHANS
 
 QUEUE = "video_processing"
@@ -66,7 +66,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--delete", type=int, default=4)
     parser.add_argument("--scan", action="store_true", help="run scan_orphans now and wait")
     args = parser.parse_args(argv)
-    from maintenance.demo.app import app  # reads REDIS_URL: only when run as a program
+    from examples.demo.app import app  # reads REDIS_URL: only when run as a program
 
     engine = sa.create_engine(os.environ["DATABASE_URL"], pool_pre_ping=True)
     create_schema(engine)

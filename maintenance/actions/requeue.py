@@ -2,23 +2,20 @@
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections.abc import Sequence
 from typing import Any
 
 import structlog
 
-from maintenance.adapters.redis_reader import broker_errors
-from maintenance.adapters.stuck_rows import StuckRows
 from maintenance.core.bindings import ARG_PATTERN, Binding
-from maintenance.core.models import Finding
-from maintenance.services import Services
+from maintenance.core.models import Finding, RowKind
+from maintenance.services import Adapters
 
 log = structlog.get_logger(__name__)
 
 
-def requeue_binding(bindings: Sequence[Binding], row_kind: str) -> Binding | None:
+def requeue_binding(bindings: Sequence[Binding], row_kind: RowKind) -> Binding | None:
     """The first binding for this kind of row that names one concrete task (no glob)."""
     for binding in bindings:
         if binding.kind == row_kind and not any(ch in binding.task for ch in "*?["):
@@ -38,8 +35,8 @@ def message_for(binding: Binding, db_id: str) -> tuple[list[Any], dict[str, Any]
     return [], {binding.id_from.split(".", 1)[1]: db_id}, None
 
 
-def requeue_rows(services: Services, findings: Sequence[Finding]) -> set[str]:
-    settings = services.settings
+def requeue_rows(adapters: Adapters, findings: Sequence[Finding], now: float) -> set[str]:
+    settings = adapters.settings
     queue = settings.cleanup.requeue_queue or settings.scan.queues[0]
     sent: dict[str, str] = {}
     for f in findings:
@@ -53,10 +50,9 @@ def requeue_rows(services: Services, findings: Sequence[Finding]) -> set[str]:
             log.warning("cannot requeue", db_id=f.db_id, error=str(exc))
             continue
         celery_id = task_id or str(uuid.uuid4())
-        with broker_errors("requeueing a lost row"):
-            services.app.send_task(binding.task, args=args, kwargs=kwargs, queue=queue,
-                                   task_id=celery_id)
+        adapters.producer.send(binding.task, args=args, kwargs=kwargs, queue=queue,
+                               task_id=celery_id)
         sent[f.db_id] = celery_id
         log.info("🧹 lost row requeued", db_id=f.db_id, task=binding.task, task_id=celery_id)
-    StuckRows(services.db).touch(sent, time.time(), sent)
+    adapters.stuck_rows.touch(sent, now, sent)
     return set(sent)

@@ -16,15 +16,15 @@ from typing import TextIO
 
 import structlog
 
+from maintenance.cli.exit_codes import ExitCode
+from maintenance.cli.monitor.render import render_snapshot
+from maintenance.cli.monitor.terminal import FullScreen
 from maintenance.errors import MaintenanceError
-from maintenance.exit_codes import ExitCode
 from maintenance.monitor.metrics import SnapshotCollector
-from maintenance.monitor.render import render_snapshot
 from maintenance.monitor.snapshot import Snapshot, SnapshotReader
-from maintenance.monitor.terminal import FullScreen
 
 log = structlog.get_logger(__name__)
-Scanner = Callable[[], None]  # runs a full scan and saves its summary; raises UnavailableError
+Scanner = Callable[[], object]  # runs a full scan and saves its summary; raises UnavailableError
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """`cleanup_expired_tasks`: what piles up with time, removed under the same safety as orphans.
 
-Results past retention and lost rows go through `CleanupService` (lock, grace re-check, history);
+Results past retention and lost rows go through the cleanup run (lock, grace re-check, history);
 then the quarantine past its retention is purged and control reply lists nobody reads are dropped.
 """
 
@@ -11,11 +11,9 @@ from typing import Any
 
 import structlog
 
-from maintenance.adapters.leftovers import ReplyListSweeper
-from maintenance.adapters.quarantine import Quarantine
-from maintenance.cleanup import CleanupService, RunOptions
-from maintenance.core.models import FindingKind
-from maintenance.services import Services
+from maintenance.actions.run import CleanupRun, RunOptions
+from maintenance.core.models import FindingKind, Outcome
+from maintenance.services import Adapters
 
 log = structlog.get_logger(__name__)
 
@@ -25,31 +23,29 @@ EXPIRED_KINDS = frozenset({FindingKind.STALE_RESULT, FindingKind.LOST})
 MIN_REPLY_IDLE_S = 5.0
 
 
-def reply_idle_s(services: Services) -> float:
+def reply_idle_s(grace_s: float) -> float:
     """A reply unread for a whole grace period has no reader left."""
-    return max(services.settings.cleanup.grace_s, MIN_REPLY_IDLE_S)
+    return max(grace_s, MIN_REPLY_IDLE_S)
 
 
-def cleanup_expired(services: Services, options: RunOptions) -> dict[str, Any]:
+def cleanup_expired(adapters: Adapters, cleanup: CleanupRun, options: RunOptions
+                    ) -> dict[str, Any]:
     """One expiry run; returns the summary the Celery task hands back.
 
     The history run comes first and holds the lock: if another run holds it, `LockHeld` propagates
     before anything else is touched. Purge and sweep only follow a run that was not cut short.
     """
     options = dataclasses.replace(options, kinds=EXPIRED_KINDS)
-    result = CleanupService(services).run(options)
+    result = cleanup.run(options)
     summary = result.summary()
-    if result.outcome != "ok" or options.should_stop():
+    if result.outcome is not Outcome.OK or options.should_stop():
         return summary
-    retention_s = services.settings.cleanup.quarantine_retention_days * 86400
-    quarantine = Quarantine(services.broker, services.layout, services.own_keys)
-    summary["quarantine_purged"] = quarantine.purge_expired(retention_s)
+    settings = adapters.settings
+    retention_s = settings.cleanup.quarantine_retention_days * 86400
+    summary["quarantine_purged"] = adapters.quarantine.purge_expired(retention_s)
     if options.should_stop():
         return summary
-    sweeper = ReplyListSweeper(services.broker, services.layout,
-                               services.app.control.mailbox.reply_exchange.name,
-                               chunk_size=services.settings.redis.chunk_size)
-    leftovers = sweeper.sweep(reply_idle_s(services))
+    leftovers = adapters.reply_lists.sweep(reply_idle_s(settings.cleanup.grace_s))
     summary["reply_lists_removed"] = leftovers.removed
     summary["reply_lists_expiring"] = leftovers.expiring
     log.info("🧹 expired maintenance state removed", run_id=result.run_id,

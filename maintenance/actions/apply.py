@@ -17,15 +17,14 @@ from typing import Any
 
 import structlog
 
+from maintenance.actions.requeue import requeue_rows
 from maintenance.adapters.history import ActionRecord
-from maintenance.adapters.quarantine import Quarantine, tombstone_for
-from maintenance.adapters.results import SET_BATCH, ResultWriter
-from maintenance.adapters.stuck_rows import StuckRows
-from maintenance.core.models import Finding
+from maintenance.adapters.quarantine import tombstone_for
+from maintenance.adapters.results import SET_BATCH
+from maintenance.core.models import Finding, Progress
 from maintenance.core.plan import Action, Plan
 from maintenance.errors import UnavailableError
-from maintenance.reconcile import Progress
-from maintenance.services import Services
+from maintenance.services import Adapters
 
 log = structlog.get_logger(__name__)
 Record = Callable[[list[ActionRecord]], object]
@@ -39,19 +38,20 @@ def _record(action: str, findings: Sequence[Finding]) -> list[ActionRecord]:
 
 
 class Applier:
-    def __init__(self, services: Services, run_id: str, record: Record,
+    def __init__(self, adapters: Adapters, run_id: str, record: Record, *,
+                 done: Counter[str] | None = None,
                  should_stop: Callable[[], bool] = lambda: False,
-                 progress: Progress | None = None):
-        self.services = services
+                 progress: Progress | None = None, clock: Callable[[], float] = time.time):
+        self.adapters = adapters
         self.progress = progress or (lambda phase, done, total: None)
-        self.settings = services.settings
+        self.settings = adapters.settings
         self.run_id = run_id
         self.record = record
         self.should_stop = should_stop
-        self.done: Counter[str] = Counter()
-        self.quarantine = Quarantine(services.broker, services.layout, services.own_keys)
-        self.results = ResultWriter(services.app.backend, services.results,
-                                    services.result_layout)
+        self.clock = clock
+        self.done: Counter[str] = Counter() if done is None else done  # counted as it happens
+        self.quarantine = adapters.quarantine
+        self.results = adapters.results
         self.stopped_early = False
         self._states_due: list[str] = []  # quarantined task ids whose REVOKED state is pending
 
@@ -79,7 +79,7 @@ class Applier:
         loc = f.location
         return {"origin": origin, "key": loc.key, "queue": loc.queue, "priority": loc.priority,
                 "task_id": f.task_id, "task_name": f.task_name, "db_id": f.db_id,
-                "reason": f.reason.value, "run_id": self.run_id, "quarantined_at": time.time()}
+                "reason": f.reason.value, "run_id": self.run_id, "quarantined_at": self.clock()}
 
     def _quarantine_queued(self, findings: list[Finding]) -> None:
         by_key: dict[str, list[Finding]] = defaultdict(list)
@@ -147,7 +147,7 @@ class Applier:
 
     def _revoke(self, findings: list[Finding]) -> None:
         ids = sorted({f.task_id for f in findings if f.task_id})
-        self.services.workers.revoke(ids, self.settings.cleanup.revoke_batch_size)
+        self.adapters.workers.revoke(ids, self.settings.cleanup.revoke_batch_size)
         self.results.mark_revoked(ids, "orphan revoked", only_if_absent=True)
         self.done["revoked"] += len(ids)
         self.record(_record("revoked", findings))
@@ -163,17 +163,15 @@ class Applier:
     def _mark_failed(self, findings: list[Finding]) -> None:
         cleanup, scan = self.settings.cleanup, self.settings.scan
         ids = [f.db_id for f in findings if f.db_id]
-        marked = StuckRows(self.services.db).mark_failed(
-            ids, cleanup.failed_status, scan.stuck_after_h * 3600, time.time())
+        marked = self.adapters.stuck_rows.mark_failed(
+            ids, cleanup.failed_status, scan.stuck_after_h * 3600, self.clock())
         self.done["rows_marked"] += marked
         self.record(_record("marked_failed", findings))
         log.info("🧹 lost rows marked failed", count=marked, status=cleanup.failed_status)
 
     def _requeue(self, findings: list[Finding]) -> None:
         """The seed's task migration: send the bound task again with the row's id."""
-        from maintenance.requeue import requeue_rows
-
-        sent = requeue_rows(self.services, findings)
+        sent = requeue_rows(self.adapters, findings, self.clock())
         self.done["requeued"] += len(sent)
         self.record(_record("requeued", [f for f in findings if f.db_id in sent]))
 

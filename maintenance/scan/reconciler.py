@@ -1,7 +1,7 @@
 """The reconciliation scan: stream Redis in chunks, look rows up in batches, diff, report.
 
-The main thread reads and parses the queues while a helper thread looks rows up (scan_batches)
-and the result keys, which need no database, are read beside both (result_scan: in a forked
+The main thread reads and parses the queues while a helper thread looks rows up (`batches`)
+and the result keys, which need no database, are read beside both (`results`: in a forked
 child, so that their parsing gets the second core rather than a share of the GIL).
 """
 
@@ -23,13 +23,12 @@ from maintenance.config import Settings
 from maintenance.core.bindings import BindingTable
 from maintenance.core.diff import LostTracker
 from maintenance.core.envelope import parse_unacked_entry
-from maintenance.core.models import FindingKind, Location, Where
+from maintenance.core.models import FindingKind, Location, Progress, Where
 from maintenance.core.report import ScanReport, place_name
-from maintenance.result_scan import BackgroundResults, ResultScan, scan_results
-from maintenance.scan_batches import LookupBatcher
+from maintenance.scan.batches import LookupBatcher
+from maintenance.scan.results import BackgroundResults, ResultScan, scan_results
 
 log = structlog.get_logger(__name__)
-Progress = Callable[[str, int, int | None], None]
 LOGGED_FINDINGS_MAX = 1000  # one line per orphan in the log file, up to this many
 
 

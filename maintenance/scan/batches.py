@@ -201,7 +201,7 @@ class LookupBatcher:
                 self.report.notes.append(f"present at {msg.location.describe()}: row ok")
             return
         if msg.taken_at is not None:
-            finding = replace(finding, age_s=max(0.0, now - msg.taken_at))
+            finding = replace(finding, age_s=max(0.0, now - msg.taken_at), taken_at=msg.taken_at)
         self._count(finding)
         self.report.findings.append(finding)
 

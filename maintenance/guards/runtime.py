@@ -14,15 +14,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import redis
 import structlog
 
-from maintenance.adapters.database import TaskDatabase
+from maintenance.adapters.guard_rows import RowReader, open_row_reader
+from maintenance.adapters.guard_skips import SkipCounter
 from maintenance.adapters.redis_layout import OwnKeys
 from maintenance.config import Settings, load_settings, resolve_config_path
-from maintenance.core.bindings import Binding, BindingTable, RowKind
-from maintenance.guard_policy import Rows
-from maintenance.guard_rows import RowReader, create_guard_engine
+from maintenance.core.bindings import Binding, BindingTable
+from maintenance.core.models import RowKind, Rows
+from maintenance.errors import BrokerUnavailable
 
 log = structlog.get_logger(__name__)
 
@@ -81,8 +81,7 @@ class GuardRuntime:
         self._reader: RowReader | None = None
         self._pid = 0
         self._lock = threading.Lock()
-        self._redis: tuple[int, redis.Redis] | None = None
-        self.skips_key = OwnKeys(settings.cleanup.key_prefix).key("guard", "skips")
+        self.skips = SkipCounter(settings.redis, OwnKeys(settings.cleanup.key_prefix).guard_skips)
 
     def binding(self, task_name: str) -> Binding | None:
         return self.bindings.lookup(task_name)
@@ -98,16 +97,10 @@ class GuardRuntime:
             return reader
         with self._lock:
             if self._reader is not None and self._pid != pid:
-                # Inherited through fork: drop the parent's pool without closing its sockets.
-                self._reader.engine.dispose(close=False)
+                self._reader.forget()  # inherited through fork: the parent's pool is not ours
                 self._reader = None
             if self._reader is None:
-                engine = create_guard_engine(self.settings)
-                try:
-                    self._reader = RowReader(TaskDatabase(engine, self.settings))
-                except BaseException:
-                    engine.dispose()
-                    raise
+                self._reader = open_row_reader(self.settings)
                 self._pid = pid
             return self._reader
 
@@ -123,25 +116,16 @@ class GuardRuntime:
         logged and never changes the task's fate.
         """
         try:
-            client = self._redis[1] if self._redis and self._redis[0] == os.getpid() else None
-            if client is None:
-                client = redis.Redis.from_url(
-                    self.settings.redis.broker_url,
-                    socket_timeout=self.settings.redis.socket_timeout_s,
-                    socket_connect_timeout=self.settings.redis.socket_timeout_s)
-                self._redis = (os.getpid(), client)
-            client.hincrby(self.skips_key, reason, 1)
-        except (redis.RedisError, OSError, ValueError) as exc:
-            log.warning("could not count the skip in Redis", key=self.skips_key, error=str(exc))
+            self.skips.count(reason)
+        except BrokerUnavailable as exc:
+            log.warning("could not count the skip in Redis", key=self.skips.key, error=str(exc))
 
     def close(self) -> None:
         with self._lock:
             if self._reader is not None and self._pid == os.getpid():
-                self._reader.engine.dispose()
+                self._reader.close()
             self._reader = None
-            if self._redis is not None and self._redis[0] == os.getpid():
-                self._redis[1].close()
-            self._redis = None
+            self.skips.close()
 
 
 _runtime: GuardRuntime | None = None

@@ -1,4 +1,4 @@
-"""The demo Celery app. `celery -A maintenance.demo.app worker` runs its tasks.
+"""The demo Celery app. `celery -A examples.demo.app worker` runs its tasks.
 
 Configured from the environment (`DEMO_BROKER_URL` or `REDIS_URL`, `DATABASE_URL`) because it
 stands for the user's own app, not for the maintenance service.
@@ -12,7 +12,7 @@ import time
 import sqlalchemy as sa
 from celery import Celery
 
-from maintenance.demo.schema import sub_tasks, tasks
+from examples.demo.schema import sub_tasks, tasks
 
 app = Celery("demo", set_as_current=False)
 app.conf.update(

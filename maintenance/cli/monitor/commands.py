@@ -4,21 +4,15 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable
 from urllib.parse import urlsplit
 
-from maintenance.adapters.history_totals import HistoryReader
-from maintenance.adapters.scan_summary import ScanSummaryStore
-from maintenance.adapters.workers import WorkerControl
-from maintenance.alerts import maybe_alert, send_test
+from maintenance.alerts import send_test
+from maintenance.cli.exit_codes import ExitCode
+from maintenance.cli.monitor.loop import Monitor, MonitorOptions
+from maintenance.cli.monitor.terminal import FullScreen, quiet_console
 from maintenance.config import Settings
-from maintenance.exit_codes import ExitCode
-from maintenance.monitor.loop import Monitor, MonitorOptions
 from maintenance.monitor.metrics import SnapshotCollector, serve_metrics
-from maintenance.monitor.snapshot import SnapshotReader
-from maintenance.monitor.terminal import FullScreen, quiet_console
-from maintenance.reconcile import Reconciler
-from maintenance.services import Services, open_services
+from maintenance.service import Maintenance
 
 PING_TIMEOUT_S = 1.0  # the live view waits this long for worker replies, every workers_every_s
 WORKERS_EVERY_S = 10.0
@@ -58,19 +52,22 @@ def add_monitor_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser
 
 
 def run_monitor(args: argparse.Namespace, settings: Settings) -> int:
-    services = open_services(settings)
+    maintenance = Maintenance.open(settings)
     server = None
     try:
         collector = SnapshotCollector() if args.metrics_port is not None else None
         if collector is not None:
             server = serve_metrics(collector, args.metrics_port, args.metrics_addr)
-        monitor = Monitor(_reader(services, args), _options(args), collector=collector,
-                          scanner=_scanner(services) if args.scan else None)
+        snapshots = maintenance.snapshots(workers=not args.no_workers,
+                                          ping_timeout_s=PING_TIMEOUT_S,
+                                          workers_every_s=max(WORKERS_EVERY_S, args.interval))
+        monitor = Monitor(snapshots, _options(args), collector=collector,
+                          scanner=maintenance.monitor_scan if args.scan else None)
         return _run(monitor, args)
     finally:
         if server is not None:
             server.shutdown()
-        services.close()
+        maintenance.close()
 
 
 def _run(monitor: Monitor, args: argparse.Namespace) -> int:
@@ -89,28 +86,6 @@ def _run(monitor: Monitor, args: argparse.Namespace) -> int:
 def _options(args: argparse.Namespace) -> MonitorOptions:
     return MonitorOptions(interval_s=args.interval, verbose=args.verbose,
                           scan_every_s=args.scan, max_refreshes=args.count)
-
-
-def _reader(services: Services, args: argparse.Namespace) -> SnapshotReader:
-    settings = services.settings
-    workers = None if args.no_workers else WorkerControl(
-        services.app, timeout_s=min(PING_TIMEOUT_S, settings.scan.inspect_timeout_s))
-    return SnapshotReader(services.broker, services.layout, services.own_keys,
-                          settings.scan.queues, workers, HistoryReader(services.db.engine),
-                          workers_every_s=max(WORKERS_EVERY_S, args.interval))
-
-
-def _scanner(services: Services) -> Callable[[], None]:
-    """A full scan for `--scan`: saved for the view, alerted on per [alerts]."""
-    settings = services.settings
-    store = ScanSummaryStore(services.broker, services.own_keys)
-
-    def scan() -> None:
-        report = Reconciler(settings, services.reader, services.db, services.workers).scan()
-        store.save_report(report, source="monitor")
-        maybe_alert(settings, report, "ok")
-
-    return scan
 
 
 def run_notify(args: argparse.Namespace, settings: Settings) -> int:

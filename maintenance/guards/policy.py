@@ -1,6 +1,6 @@
 """The guards' decisions as pure functions: run, skip or re-check a task, given what the rows say.
 
-No Celery, database or clock here, so every rule is tested with a table (see tests/test_guards.py).
+No Celery, database or clock here: every rule is tested with a table (tests/guards/test_policy.py).
 """
 
 from __future__ import annotations
@@ -10,8 +10,7 @@ from enum import StrEnum
 from typing import Any
 
 from maintenance.config import GuardSettings
-from maintenance.core.bindings import RowKind
-from maintenance.core.models import Reason, RowState
+from maintenance.core.models import Reason, RowKind, Rows
 
 DB_RETRY_BASE_DELAY_S = 1.0  # first wait while the database is unreachable; doubles per attempt
 ATTEMPTS_HEADER = "maintenance_guard"  # message header carrying the guard's own re-check counts
@@ -55,15 +54,6 @@ class Attempts:
 
 def _count(value: Any) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
-
-
-@dataclass(frozen=True, slots=True)
-class Rows:
-    """What one primary-key look-up found: the row, and for a sub-task its parent."""
-
-    row: RowState | None
-    parent: RowState | None = None
-    parent_checked: bool = False  # False when the row has no parent to check
 
 
 def row_problem(kind: RowKind, rows: Rows) -> Reason | None:

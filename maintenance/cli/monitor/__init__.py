@@ -1,0 +1,1 @@
+"""The live view: `task-cleanup monitor` on a terminal."""

@@ -1,0 +1,1 @@
+"""The reconciliation scan: Redis read in chunks against the database in batches."""

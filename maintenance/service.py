@@ -1,0 +1,172 @@
+"""`Maintenance`: the one front door. Every operation the CLI, the Celery tasks and the Python
+API offer is a method here, over adapters built once (`services.open_adapters`).
+
+    with Maintenance.open(settings) as maintenance:
+        report = maintenance.check()
+        result = maintenance.cleanup(RunOptions(dry_run=True))
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+from celery import Celery
+
+from maintenance.actions.expiry import cleanup_expired
+from maintenance.actions.operator import OperatorActions, OperatorResult
+from maintenance.actions.recorder import RunRecorder
+from maintenance.actions.run import CleanupRun, RunOptions, RunResult
+from maintenance.adapters.history import HistoryStore
+from maintenance.alerts import maybe_alert
+from maintenance.config import Settings
+from maintenance.core.bindings import BindingTable
+from maintenance.core.envelope import parse_list_element, parse_unacked_entry
+from maintenance.core.models import Location, Message, Outcome, Progress, RunMode, Where
+from maintenance.core.report import ScanReport
+from maintenance.monitor.snapshot import SnapshotReader
+from maintenance.scan.reconciler import Reconciler
+from maintenance.services import Adapters, open_adapters, open_history
+
+__all__ = ["Maintenance", "OperatorResult", "Outcome", "RunHistory", "RunMode", "RunOptions",
+           "RunResult"]
+
+
+class Maintenance:
+    def __init__(self, adapters: Adapters, *, clock: Callable[[], float] = time.time,
+                 sleep: Callable[[float], None] = time.sleep):
+        self.adapters = adapters
+        self.settings = adapters.settings
+        self.clock = clock
+        self.sleep = sleep
+        self.recorder = RunRecorder(self.settings, adapters.run_lock, adapters.history)
+
+    @classmethod
+    def open(cls, settings: Settings, app: Celery | None = None, *,
+             clock: Callable[[], float] = time.time,
+             sleep: Callable[[float], None] = time.sleep) -> Maintenance:
+        """Connect (Redis, the database) for these settings; `close` releases it all."""
+        return cls(open_adapters(settings, app, clock=clock), clock=clock, sleep=sleep)
+
+    def close(self) -> None:
+        self.adapters.close()
+
+    def __enter__(self) -> Maintenance:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- reading ------------------------------------------------------------------------------
+    def scan(self, only: str | None = None, *, results: bool = True,
+             progress: Progress | None = None, record_as: str | None = None) -> ScanReport:
+        """Read-only for the app's state. A whole scan (no `only`, results read) given a
+        `record_as` source saves the summary `monitor` shows: the one place that rule lives."""
+        a = self.adapters
+        report = Reconciler(self.settings, a.reader, a.db, a.workers, progress=progress,
+                            clock=self.clock).scan(only=only, results=results)
+        if record_as is not None and only is None and results:
+            a.summaries.save_report(report, record_as)
+        return report
+
+    def check(self, only: str | None = None, *, results: bool = True,
+              progress: Progress | None = None) -> ScanReport:
+        """`task-cleanup check`: a scan whose summary `monitor` shows."""
+        return self.scan(only, results=results, progress=progress, record_as="check")
+
+    def monitor_scan(self) -> ScanReport:
+        """The live view's `--scan`: saved for the view, alerted on per [alerts]."""
+        report = self.scan(record_as="monitor")
+        maybe_alert(self.settings, report, Outcome.OK)
+        return report
+
+    def snapshots(self, *, workers: bool = True, ping_timeout_s: float,
+                  workers_every_s: float) -> SnapshotReader:
+        """The monitor's cheap reads; the worker ping waits at most `ping_timeout_s`."""
+        a = self.adapters
+        control = a.workers.with_timeout(min(ping_timeout_s, self.settings.scan.inspect_timeout_s))
+        return SnapshotReader(a.live_state, self.settings.scan.queues,
+                              control if workers else None, a.history_totals(),
+                              workers_every_s=workers_every_s, clock=self.clock)
+
+    def active_rows(self) -> Iterator[dict[str, Any]]:
+        """Rows in a "still to run" status, streamed from the database."""
+        return self.adapters.db.iter_active_rows()
+
+    def redis_messages(self) -> Iterator[Message]:
+        """Every message waiting in the scanned queues, then every unacked one, parsed."""
+        a = self.adapters
+        bindings = BindingTable(self.settings.bindings)
+        for queue in self.settings.scan.queues:
+            for band, key in a.layout.queue_keys(queue):
+                for start, chunk in a.reader.iter_list(key):
+                    for offset, raw in enumerate(chunk):
+                        loc = Location(Where.QUEUE, queue=queue, priority=band, key=key,
+                                       index=start + offset)
+                        yield parse_list_element(raw, loc, bindings)
+        for entries in a.reader.iter_unacked():
+            for entry in entries:
+                loc = Location(Where.UNACKED, key=a.layout.unacked,
+                               delivery_tag=entry.delivery_tag)
+                yield parse_unacked_entry(entry.raw, loc, bindings)
+
+    # -- acting: every operation runs under the run recorder ----------------------------------
+    def cleanup(self, options: RunOptions, progress: Progress | None = None) -> RunResult:
+        """Scan, grace re-check, plan, confirm, apply; a dry run stops after the plan."""
+        return self._cleanup_run(progress).run(options)
+
+    def expire(self, options: RunOptions) -> dict[str, Any]:
+        """Stale results and lost rows, then the quarantine past retention and reply lists."""
+        return cleanup_expired(self.adapters, self._cleanup_run(None), options)
+
+    def revoke(self, task_ids: Sequence[str], *, force: bool = False,
+               started_by: str = "api") -> OperatorResult:
+        return self._operator().revoke(task_ids, force=force, started_by=started_by)
+
+    def restore(self, task_ids: Sequence[str] | None = None, *,
+                started_by: str = "api") -> OperatorResult:
+        """Put quarantined messages back (all of them when `task_ids` is None)."""
+        return self._operator().restore(task_ids, started_by=started_by)
+
+    # -----------------------------------------------------------------------------------------
+    def _cleanup_run(self, progress: Progress | None) -> CleanupRun:
+        def scan(results: bool, record_as: str | None) -> ScanReport:
+            return self.scan(results=results, progress=progress, record_as=record_as)
+
+        return CleanupRun(self.adapters, scan, self.recorder, progress=progress,
+                          clock=self.clock, sleep=self.sleep)
+
+    def _operator(self) -> OperatorActions:
+        return OperatorActions(self.adapters, lambda task_id: self.scan(task_id, results=False),
+                               self.recorder, clock=self.clock)
+
+
+class RunHistory:
+    """The history alone (`history`, `init-db`): it needs the database, not Redis."""
+
+    def __init__(self, store: HistoryStore, close: Callable[[], None]):
+        self.store = store
+        self._close = close
+
+    @classmethod
+    def open(cls, settings: Settings) -> RunHistory:
+        return cls(*open_history(settings))
+
+    def init(self) -> None:
+        self.store.init()
+
+    def recent_runs(self, limit: int = 20) -> list[dict[str, Any]]:
+        return self.store.recent_runs(limit)
+
+    def run_actions(self, run_id: str) -> list[dict[str, Any]]:
+        return self.store.actions_of(run_id)
+
+    def close(self) -> None:
+        self._close()
+
+    def __enter__(self) -> RunHistory:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
