@@ -21,6 +21,8 @@ RUN pip install --no-cache-dir --no-index --find-links=/wheels /wheels/task_main
     && mkdir -p /app/config /app/logs /app/run \
     && chown maintenance:maintenance /app/logs /app/run
 WORKDIR /app
+# The demo app (docker compose --profile demo): outside the wheel, read-only, run from /app.
+COPY examples ./examples
 USER 10001:10001
 VOLUME ["/app/logs"]
 # The worker answers a ping to its own node name (maintenance@<container hostname>).

@@ -19,7 +19,7 @@ system-deps:
 	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { apt-get update && apt-get install -y postgresql; }
 
 demo: system-deps install
-	$(BIN)/python scripts/demo.py
+	$(BIN)/python -m scripts.demo
 
 test: install
 	$(BIN)/ruff check maintenance tests bench scripts
@@ -30,7 +30,7 @@ lint: install
 	$(BIN)/ruff check .
 
 bench: install
-	$(BIN)/python bench/bench_check.py
+	$(BIN)/python -m bench.bench_check
 
 clean:
 	rm -rf $(VENV) logs .demo

@@ -1,7 +1,7 @@
 """Benchmark: `task-cleanup check` end to end against the naive checker, on the same data.
 
-    .venv/bin/python bench/bench_check.py                        # N = 1,000,000
-    .venv/bin/python bench/bench_check.py --sizes 100000,1000000 # linearity
+    .venv/bin/python -m bench.bench_check                        # N = 1,000,000
+    .venv/bin/python -m bench.bench_check --sizes 100000,1000000 # linearity
 
 Starts its own Redis and PostgreSQL, fills them (bench/dataset.py), runs `check --json` as a
 subprocess while a probe client PINGs Redis every millisecond, verifies the report against what
@@ -23,18 +23,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import orjson
+import redis
+
+from bench.dataset import Planted, fill
+from bench.memwatch import MemoryPeaks
+from bench.naive import NaiveRun, run_naive
+from bench.probe import Probe, ProbeStats
+from tests.conftest import write_config
+from tests.servers import PostgresServer, RedisServer, free_port, temp_dir
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-import orjson  # noqa: E402
-import redis  # noqa: E402
-
-from bench.dataset import Planted, fill  # noqa: E402
-from bench.memwatch import MemoryPeaks  # noqa: E402
-from bench.naive import NaiveRun, run_naive  # noqa: E402
-from bench.probe import Probe, ProbeStats  # noqa: E402
-from tests.conftest import write_config  # noqa: E402
-from tests.servers import PostgresServer, RedisServer, free_port, temp_dir  # noqa: E402
 
 CLI = ROOT / ".venv" / "bin" / "task-cleanup"
 ENV_OVERRIDES = ("REDIS_URL", "RESULT_BACKEND_URL", "DATABASE_URL", "MAINTENANCE_CONFIG")

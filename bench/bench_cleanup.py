@@ -1,7 +1,7 @@
 """Benchmark: `task-cleanup cleanup` removing orphans from one big queue while it is in use.
 
-    .venv/bin/python bench/bench_cleanup.py                          # 100,000 orphans in 1,000,000
-    .venv/bin/python bench/bench_cleanup.py --n 100000 --orphans 10000
+    .venv/bin/python -m bench.bench_cleanup                          # 100,000 orphans in 1,000,000
+    .venv/bin/python -m bench.bench_cleanup --n 100000 --orphans 10000
 
 Starts its own Redis and PostgreSQL, fills one queue list with real ~1 KB Celery messages
 (bench/cleanup_data.py), then runs `cleanup --force --grace 0 --no-results` as a subprocess while
@@ -26,14 +26,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+import orjson
+import redis
+import sqlalchemy as sa
 
-import orjson  # noqa: E402
-import redis  # noqa: E402
-import sqlalchemy as sa  # noqa: E402
-
-from bench.cleanup_data import (  # noqa: E402
+from bench.cleanup_data import (
     QUEUE,
     TOMBSTONE_PREFIX,
     Queued,
@@ -42,11 +39,13 @@ from bench.cleanup_data import (  # noqa: E402
     task_id_of,
     video_template,
 )
-from bench.cleanup_timed import PHASES  # noqa: E402
-from bench.probe import Probe, ProbeStats  # noqa: E402
-from examples.demo.schema import create_schema  # noqa: E402
-from tests.conftest import write_config  # noqa: E402
-from tests.servers import PostgresServer, RedisServer, free_port, temp_dir  # noqa: E402
+from bench.cleanup_timed import PHASES
+from bench.probe import Probe, ProbeStats
+from examples.demo.schema import create_schema
+from tests.conftest import write_config
+from tests.servers import PostgresServer, RedisServer, free_port, temp_dir
+
+ROOT = Path(__file__).resolve().parent.parent
 
 ENV_OVERRIDES = ("REDIS_URL", "RESULT_BACKEND_URL", "DATABASE_URL", "MAINTENANCE_CONFIG")
 QUARANTINE = "task-maintenance:quarantine"

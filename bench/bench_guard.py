@@ -1,6 +1,6 @@
 """What `@validate_task_exists` costs: a no-op task with and without the guard on a real worker.
 
-    .venv/bin/python bench/bench_guard.py [--tasks 2000] [--rounds 3] [--pool prefork]
+    .venv/bin/python -m bench.bench_guard [--tasks 2000] [--rounds 3] [--pool prefork]
 
 Starts its own Redis and PostgreSQL on loopback (tests/servers.py), one worker with concurrency 1
 (so per-task costs add up serially), and alternates plain and guarded rounds to spread the noise
@@ -20,16 +20,15 @@ import tempfile
 import time
 from pathlib import Path
 
+import sqlalchemy as sa
+from celery import Celery
+
+from examples.demo.schema import create_schema, new_id, tasks, utcnow
+from maintenance.config import load_settings
+from maintenance.guards.runtime import GuardRuntime
+from tests.servers import PostgresServer, RedisServer, free_port, temp_dir
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-import sqlalchemy as sa  # noqa: E402
-from celery import Celery  # noqa: E402
-
-from examples.demo.schema import create_schema, new_id, tasks, utcnow  # noqa: E402
-from maintenance.config import load_settings  # noqa: E402
-from maintenance.guards.runtime import GuardRuntime  # noqa: E402
-from tests.servers import PostgresServer, RedisServer, free_port, temp_dir  # noqa: E402
 
 QUEUE = "bench_guard"
 WORKER = "bench-guard@localhost"

@@ -22,7 +22,7 @@ from typing import Any
 import orjson
 
 from maintenance.actions.apply import Applier, _Overlapped
-from maintenance.actions.run import CleanupService
+from maintenance.actions.run import CleanupRun
 from maintenance.adapters.history import HistoryStore
 from maintenance.adapters.quarantine import Quarantine
 from maintenance.adapters.results import ResultWriter
@@ -71,7 +71,7 @@ def _timed_steps(label: str, fn: Callable[..., Iterator[Any]]) -> Callable[..., 
 
 PHASES: list[tuple[type, str, str]] = [
     (Reconciler, "scan", "scan"),
-    (CleanupService, "_recheck", "recheck (grace 0)"),
+    (CleanupRun, "_recheck", "recheck (grace 0)"),
     (Applier, "_quarantine_queued", "quarantine (all, incl. compaction)"),
     (Applier, "_book_quarantined", "  bookkeeping per batch (helper thread)"),
     (ResultWriter, "mark_revoked", "    REVOKED states"),

@@ -22,14 +22,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import sqlalchemy as sa
+
+from examples.demo.schema import create_schema, tasks
+from maintenance.adapters.history import HistoryStore
+from tests.servers import PostgresServer, RedisServer, free_port
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-import sqlalchemy as sa  # noqa: E402 - after the path set-up above
-
-from examples.demo.schema import create_schema, tasks  # noqa: E402
-from maintenance.adapters.history import HistoryStore  # noqa: E402
-from tests.servers import PostgresServer, RedisServer, free_port  # noqa: E402
 
 WORK = ROOT / ".demo"
 ROWS, DELETED = 12, 4

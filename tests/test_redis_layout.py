@@ -101,8 +101,9 @@ def test_result_match_escapes_glob_characters(prefix: str, match: str) -> None:
 def test_own_keys() -> None:
     """Our own keys live under our own prefix, apart from Celery's."""
     keys = OwnKeys("tm")
-    assert (keys.lock, keys.quarantine, keys.quarantine_index, keys.sightings) == (
-        "tm:lock", "tm:quarantine", "tm:quarantine:index", "tm:sightings")
+    assert (keys.lock, keys.lock_holder, keys.quarantine, keys.quarantine_index,
+            keys.guard_skips) == ("tm:lock", "tm:lock:holder", "tm:quarantine",
+                                  "tm:quarantine:index", "tm:guard:skips")
 
 
 @pytest.fixture

@@ -1,6 +1,6 @@
 """The seed's story as steps: an app enqueues work, someone deletes rows by hand, maintenance runs.
 
-Used by `scripts/demo.py` (`make demo`) and by the `demo` profile of docker-compose.yml:
+Used by `python -m scripts.demo` (`make demo`) and by the `demo` profile of docker-compose.yml:
 
     python -m examples.demo.story --rows 12 --delete 4 --scan
 

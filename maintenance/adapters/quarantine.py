@@ -30,7 +30,7 @@ tombstones would hand workers 100,000 messages to discard and keep `LLEN` inflat
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -179,8 +179,10 @@ def tombstone_for(task_name: str, queue: str, run_id: str) -> bytes:
 
 
 class Quarantine:
-    def __init__(self, client: redis.Redis, layout: BrokerLayout, keys: OwnKeys):
+    def __init__(self, client: redis.Redis, layout: BrokerLayout, keys: OwnKeys,
+                 clock: Callable[[], float] = time.time):
         self.client = client
+        self.clock = clock
         self.layout = layout
         self.keys = keys
         self._list_script = client.register_script(_LIST_SCRIPT)
@@ -198,7 +200,7 @@ class Quarantine:
         drift, resume, batch, start = 0, -1, 64, 0
         while start < len(ordered):
             chunk = ordered[start:start + batch]
-            argv: list[Any] = [tombstone, time.time(), int(CALL_BUDGET_S * 1e6), drift, resume]
+            argv: list[Any] = [tombstone, self.clock(), int(CALL_BUDGET_S * 1e6), drift, resume]
             for f in chunk:
                 argv += [max(f.location.index, 0), f.location.delivery_tag, f.task_id,
                          quarantine_field(f), orjson.dumps(meta_of(f))]
@@ -232,7 +234,7 @@ class Quarantine:
             try:
                 for start in range(0, len(findings), 100):
                     chunk = findings[start:start + 100]
-                    argv: list[Any] = [time.time()]
+                    argv: list[Any] = [self.clock()]
                     for f in chunk:
                         argv += [f.location.delivery_tag, quarantine_field(f),
                                  orjson.dumps(meta_of(f))]
@@ -279,7 +281,7 @@ class Quarantine:
         return key
 
     def purge_expired(self, retention_s: float, now: float | None = None) -> int:
-        cutoff = (now or time.time()) - retention_s
+        cutoff = (self.clock() if now is None else now) - retention_s
         removed = 0
         with broker_errors("purging the quarantine"):
             while True:

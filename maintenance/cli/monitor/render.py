@@ -22,7 +22,7 @@ def render_snapshot(snap: Snapshot, *, verbose: bool = False, interval_s: float 
     out.append("")
     out.extend(_queues(snap))
     out.append("")
-    out.extend(_scan(snap.latest, snap.previous))
+    out.extend(_scan(snap.latest, snap.previous, snap.taken_at))
     if verbose and snap.latest is not None:
         out.extend(_findings(snap.latest))
     out.append("")
@@ -45,15 +45,15 @@ def _queues(snap: Snapshot) -> list[str]:
     return lines
 
 
-def _scan(latest: ScanSummary | None, previous: ScanSummary | None) -> list[str]:
+def _scan(latest: ScanSummary | None, previous: ScanSummary | None, now: float) -> list[str]:
     if latest is None:
         return ["latest scan: none yet (run `task-cleanup check`, or `monitor --scan`)"]
     verdict = "consistent" if latest.consistent else f"{latest.findings_total:,} findings"
-    head = (f"latest scan: {verdict}, {human_age(time.time() - latest.at)} ago by "
+    head = (f"latest scan: {verdict}, {human_age(now - latest.at)} ago by "
             f"{latest.source or '?'} ({latest.duration_s:.1f}s, "
             f"{latest.managed_messages:,} managed messages)")
     if previous is not None:
-        head += f"; previous {human_age(time.time() - previous.at)} ago"
+        head += f"; previous {human_age(now - previous.at)} ago"
     changes = trend(latest, previous)
     rows = [(kind, f"{count:,}", _signed(changes.get(kind))) for kind, count in
             latest.counts.items()]
