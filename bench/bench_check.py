@@ -79,7 +79,8 @@ def _report_head(text: bytes) -> dict[str, Any] | None:
     thousand findings parsed here would bloat this process (and so what it spawns next)."""
     cut = text.find(b',\n  "findings": [')
     try:
-        return orjson.loads(text[:cut] + b"\n}" if cut >= 0 else text)  # type: ignore[no-any-return]
+        head: dict[str, Any] = orjson.loads(text[:cut] + b"\n}" if cut >= 0 else text)
+        return head
     except orjson.JSONDecodeError:
         return None
 

@@ -85,5 +85,5 @@ def _name_filter(prefix: str) -> Callable[[logging.LogRecord], bool]:
 def _handler(handler: logging.Handler, formatter: logging.Formatter, level: str) -> logging.Handler:
     handler.setFormatter(formatter)
     handler.setLevel(level)
-    handler._task_maintenance = True  # type: ignore[attr-defined]
+    handler._task_maintenance = True  # type: ignore[attr-defined]  # our marker on the handler
     return handler

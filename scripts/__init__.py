@@ -1,1 +1,1 @@
-"""Scripts: the seed's entry points (`python scripts/task_cleanup.py ...`) and the demo (`python -m scripts.demo`)."""
+"""The seed's entry points (`python scripts/task_cleanup.py ...`) and `python -m scripts.demo`."""

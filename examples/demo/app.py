@@ -10,7 +10,7 @@ import os
 import time
 
 import sqlalchemy as sa
-from celery import Celery
+from celery import Celery, Task
 
 from examples.demo.schema import sub_tasks, tasks
 
@@ -48,7 +48,7 @@ def _touch(table: sa.Table, row_id: str, status: str) -> int:
 
 
 @app.task(name="demo.process_video", bind=True)
-def process_video(self, task_id: str) -> str:  # type: ignore[no-untyped-def]
+def process_video(self: Task, task_id: str) -> str:
     """The seed's failing task: it updates its row and fails when the row is gone."""
     if _touch(tasks, task_id, "processing") != 1:
         raise RuntimeError(f"任务 {task_id} 不存在或未更新 (task {task_id} does not exist)")
@@ -58,7 +58,7 @@ def process_video(self, task_id: str) -> str:  # type: ignore[no-untyped-def]
 
 
 @app.task(name="demo.process_segment", bind=True)
-def process_segment(self, sub_task_id: str) -> str:  # type: ignore[no-untyped-def]
+def process_segment(self: Task, sub_task_id: str) -> str:
     if _touch(sub_tasks, sub_task_id, "processing") != 1:
         raise RuntimeError(f"sub-task {sub_task_id} does not exist")
     _touch(sub_tasks, sub_task_id, "done")
@@ -66,7 +66,7 @@ def process_segment(self, sub_task_id: str) -> str:  # type: ignore[no-untyped-d
 
 
 @app.task(name="demo.render", bind=True)
-def render(self, *, task_id: str, quality: str = "hd") -> str:  # type: ignore[no-untyped-def]
+def render(self: Task, *, task_id: str, quality: str = "hd") -> str:
     if _touch(tasks, task_id, "done") != 1:
         raise RuntimeError(f"task {task_id} does not exist")
     return task_id

@@ -157,6 +157,7 @@ def _copy_rows(conn: sa.Connection, table: sa.Table, rows: list[dict[str, Any]])
            "FROM STDIN")
     dbapi = conn.dialect.loaded_dbapi
     try:
+        # A checked-out connection always has its DBAPI connection (typed Optional).
         with conn.connection.dbapi_connection.cursor() as cursor:  # type: ignore[union-attr]
             cursor.copy_expert(sql, io.StringIO(text))
     except dbapi.Error as exc:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from bisect import bisect
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -20,16 +21,16 @@ class BrokerLayout:
     visibility_timeout_s: float = 3600.0
 
     @classmethod
-    def from_channel(cls, channel: object) -> BrokerLayout:
-        """Read the resolved transport options off a kombu Redis channel."""
+    def from_channel(cls, channel: Any) -> BrokerLayout:
+        """Read the resolved transport options off a kombu Redis channel (untyped in kombu)."""
         return cls(
             global_keyprefix=getattr(channel, "global_keyprefix", "") or "",
-            sep=channel.sep,  # type: ignore[attr-defined]
-            priority_steps=tuple(channel.priority_steps),  # type: ignore[attr-defined]
-            unacked_key=channel.unacked_key,  # type: ignore[attr-defined]
-            unacked_index_key=channel.unacked_index_key,  # type: ignore[attr-defined]
-            unacked_mutex_key=channel.unacked_mutex_key,  # type: ignore[attr-defined]
-            visibility_timeout_s=float(channel.visibility_timeout),  # type: ignore[attr-defined]
+            sep=channel.sep,
+            priority_steps=tuple(channel.priority_steps),
+            unacked_key=channel.unacked_key,
+            unacked_index_key=channel.unacked_index_key,
+            unacked_mutex_key=channel.unacked_mutex_key,
+            visibility_timeout_s=float(channel.visibility_timeout),
         )
 
     def band(self, priority: int) -> int:

@@ -49,7 +49,7 @@ class ResultWriter:
         """What the backend stores for a revoked task, but the task id (one `date_done` per
         batch: building it costs more than encoding it)."""
         exc = self.backend.prepare_exception(TaskRevokedError(reason))
-        return self.backend._get_result_meta(  # type: ignore[no-any-return]
+        return self.backend._get_result_meta(  # type: ignore[no-any-return]  # Celery: untyped
             result=exc, state=states.REVOKED, traceback=None, request=None)
 
     def revoked_encoder(self, reason: str) -> Callable[[str], Any]:

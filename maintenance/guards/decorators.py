@@ -119,8 +119,8 @@ def _wrap(kind: RowKind, fn: F, id_arg: str | None) -> F:
 
     # Celery checks call arguments against the signature it reads *without* following
     # __wrapped__; this keeps `task.delay(wrong, args)` failing at the caller, as before.
-    guarded.__signature__ = inspect.signature(fn)  # type: ignore[attr-defined]
-    return guarded  # type: ignore[return-value]
+    guarded.__signature__ = inspect.signature(fn)  # type: ignore[attr-defined]  # set on purpose
+    return guarded  # type: ignore[return-value]  # it has F's signature, by construction
 
 
 def _owning_task(args: tuple[Any, ...]) -> tuple[Task | None, tuple[Any, ...]]:

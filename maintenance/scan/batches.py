@@ -15,6 +15,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
 from itertools import compress, count, repeat
 from operator import eq, itemgetter
+from typing import cast
 
 from maintenance.core.bindings import BindingTable
 from maintenance.core.diff import LostTracker, Verdicts, judge_message
@@ -96,7 +97,7 @@ class LookupBatcher:
                 else:
                     self._add_reads([read], start + offset, place)
         else:
-            self._add_reads(reads, start, place)  # type: ignore[arg-type]
+            self._add_reads(cast("list[Quick]", reads), start, place)  # no None among them
 
     def _add_reads(self, reads: list[Quick], start: int, place: Location) -> None:
         """Consecutive quickly-read messages, a chunk at a time: per-message calls add up, so

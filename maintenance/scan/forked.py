@@ -17,7 +17,7 @@ import pickle
 import signal
 import struct
 from collections.abc import Callable
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, cast
 
 T = TypeVar("T")
 Report = Callable[[Any], None]  # sends a value from the child to the parent as it goes
@@ -52,7 +52,7 @@ class ForkedCall(Generic[T]):
                 if kind == PROGRESS:
                     progress(payload)
                 elif kind == RESULT:
-                    return payload  # type: ignore[no-any-return]
+                    return cast("T", payload)
                 else:
                     raise payload
         finally:
