@@ -56,11 +56,19 @@ def run_check(config: Path, redis_url: str, planted: Planted, nice: int) -> Chec
     env = {k: v for k, v in os.environ.items() if k not in ENV_OVERRIDES}
     out_path, err_path = config.parent / "check.json", config.parent / "check.err"
     peaks = MemoryPeaks()
-    with out_path.open("wb") as out, err_path.open("wb") as err, \
-            Probe(redis_url, nice=nice) as probe:
+    with (
+        out_path.open("wb") as out,
+        err_path.open("wb") as err,
+        Probe(redis_url, nice=nice) as probe,
+    ):
         started = time.perf_counter()
-        proc = subprocess.Popen([str(CLI), "--config", str(config), "check", "--json"],
-                                stdout=out, stderr=err, env=env, cwd=config.parent)
+        proc = subprocess.Popen(
+            [str(CLI), "--config", str(config), "check", "--json"],
+            stdout=out,
+            stderr=err,
+            env=env,
+            cwd=config.parent,
+        )
         while proc.poll() is None:
             peaks.sample(proc.pid)
             time.sleep(0.005)
@@ -69,9 +77,16 @@ def run_check(config: Path, redis_url: str, planted: Planted, nice: int) -> Chec
     doc = _report_head(out_path.read_bytes())
     if doc is None:
         sys.exit(f"check failed (exit {proc.returncode}):\n{err_path.read_text()[-3000:]}")
-    return CheckRun(wall_s, float(doc["duration_s"]), peaks.main_mib, peaks.child_mib,
-                    peaks.child_private_mib, proc.returncode, probe.stats,
-                    tuple(verify(doc, planted)))
+    return CheckRun(
+        wall_s,
+        float(doc["duration_s"]),
+        peaks.main_mib,
+        peaks.child_mib,
+        peaks.child_private_mib,
+        proc.returncode,
+        probe.stats,
+        tuple(verify(doc, planted)),
+    )
 
 
 def _report_head(text: bytes) -> dict[str, Any] | None:
@@ -99,8 +114,11 @@ def verify(doc: dict[str, Any], planted: Planted) -> list[str]:
     }
     for reason, count in planted.orphans.items():
         expected[f"orphans ({reason})"] = (reasons.get(f"orphan:{reason}", 0), count)
-    return [f"{what}: report {got:,}, planted {want:,}"
-            for what, (got, want) in expected.items() if got != want]
+    return [
+        f"{what}: report {got:,}, planted {want:,}"
+        for what, (got, want) in expected.items()
+        if got != want
+    ]
 
 
 def describe_data(redis_url: str, planted: Planted, fill_s: float) -> str:
@@ -112,36 +130,46 @@ def describe_data(redis_url: str, planted: Planted, fill_s: float) -> str:
     avg = sum(map(len, head)) / max(len(head), 1)
     lists = ", ".join(f"{k.replace(chr(6) + chr(22), '^')}={n:,}" for k, n in lengths.items())
     orphans = ", ".join(f"{r} {c:,}" for r, c in sorted(planted.orphans.items()))
-    return (f"data: {planted.messages:,} queued messages (~{avg:,.0f} B each) in {lists}; "
-            f"{planted.unacked:,} unacked; {planted.results:,} result keys; "
-            f"{planted.task_rows:,} task rows + {planted.sub_task_rows:,} sub-task rows; "
-            f"Redis used_memory {memory:,.0f} MiB; filled in {fill_s:.1f} s\n"
-            f"planted: {sum(planted.orphans.values()):,} orphans ({orphans}), "
-            f"{planted.stale_results:,} stale results, {planted.lost_rows:,} lost rows, "
-            f"{planted.unmanaged:,} unmanaged messages")
+    return (
+        f"data: {planted.messages:,} queued messages (~{avg:,.0f} B each) in {lists}; "
+        f"{planted.unacked:,} unacked; {planted.results:,} result keys; "
+        f"{planted.task_rows:,} task rows + {planted.sub_task_rows:,} sub-task rows; "
+        f"Redis used_memory {memory:,.0f} MiB; filled in {fill_s:.1f} s\n"
+        f"planted: {sum(planted.orphans.values()):,} orphans ({orphans}), "
+        f"{planted.stale_results:,} stale results, {planted.lost_rows:,} lost rows, "
+        f"{planted.unmanaged:,} unmanaged messages"
+    )
 
 
 def describe_check(i: int, run: CheckRun, messages: int) -> str:
-    verdict = "findings match the planted data" if not run.problems else \
-        "MISMATCH: " + "; ".join(run.problems)
-    return (f"check run {i}: wall {run.wall_s:.2f} s (scan {run.report_s:.2f} s), "
-            f"{messages / run.wall_s:,.0f} msgs/s, peak RSS {run.peak_rss_mib:.0f} MiB "
-            f"(+ forked result scan: RSS {run.child_rss_mib:.0f} MiB, of which "
-            f"{run.child_private_mib:.0f} MiB its own), "
-            f"exit {run.exit_code}\n    {run.probe.describe()}\n    {verdict}")
+    verdict = (
+        "findings match the planted data"
+        if not run.problems
+        else "MISMATCH: " + "; ".join(run.problems)
+    )
+    return (
+        f"check run {i}: wall {run.wall_s:.2f} s (scan {run.report_s:.2f} s), "
+        f"{messages / run.wall_s:,.0f} msgs/s, peak RSS {run.peak_rss_mib:.0f} MiB "
+        f"(+ forked result scan: RSS {run.child_rss_mib:.0f} MiB, of which "
+        f"{run.child_private_mib:.0f} MiB its own), "
+        f"exit {run.exit_code}\n    {run.probe.describe()}\n    {verdict}"
+    )
 
 
 def describe_naive(naive: NaiveRun) -> str:
     m, r = naive.messages, naive.results
     note = " (EXTRAPOLATED from samples)" if naive.extrapolated else " (measured in full)"
-    return (f"naive: KEYS {naive.keys_s:.2f} s + LRANGE 0 -1 {naive.lrange_s:.2f} s (measured) "
-            f"+ SELECT per message {m.estimated_s:.1f} s ({m.how}) "
-            f"+ GET+SELECT per result key {r.estimated_s:.1f} s ({r.how}) "
-            f"= {naive.total_s:.1f} s{note}\n    {naive.probe.describe()}")
+    return (
+        f"naive: KEYS {naive.keys_s:.2f} s + LRANGE 0 -1 {naive.lrange_s:.2f} s (measured) "
+        f"+ SELECT per message {m.estimated_s:.1f} s ({m.how}) "
+        f"+ GET+SELECT per result key {r.estimated_s:.1f} s ({r.how}) "
+        f"= {naive.total_s:.1f} s{note}\n    {naive.probe.describe()}"
+    )
 
 
-def bench_size(n: int, redis_url: str, pg: PostgresServer, work: Path,
-               args: argparse.Namespace) -> dict[str, Any]:
+def bench_size(
+    n: int, redis_url: str, pg: PostgresServer, work: Path, args: argparse.Namespace
+) -> dict[str, Any]:
     print(f"\n== N = {n:,} ==", flush=True)
     started = time.perf_counter()
     db_url, planted = fill(n, redis_url, pg.url)
@@ -153,8 +181,11 @@ def bench_size(n: int, redis_url: str, pg: PostgresServer, work: Path,
     with Probe(redis_url, nice=args.probe_nice) as idle:
         time.sleep(3)
     assert idle.stats is not None
-    print(f"probe baseline, 3 s with nothing else running: max {idle.stats.max_ms:.2f} ms, "
-          f"p99 {idle.stats.p99_ms:.2f} ms", flush=True)
+    print(
+        f"probe baseline, 3 s with nothing else running: max {idle.stats.max_ms:.2f} ms, "
+        f"p99 {idle.stats.p99_ms:.2f} ms",
+        flush=True,
+    )
     runs = []
     for i in range(1, args.runs + 1):
         runs.append(run_check(config, redis_url, planted, args.probe_nice))
@@ -171,23 +202,29 @@ def bench_size(n: int, redis_url: str, pg: PostgresServer, work: Path,
 
 def summary(rows: list[dict[str, Any]]) -> None:
     print("\n== summary (median of check runs) ==")
-    print(f"{'N':>10}  {'check s':>8}  {'msgs/s':>9}  {'RSS MiB':>7}  {'+fork own':>9}  "
-          f"{'probe max ms':>12}  {'p99 ms':>6}  {'naive s':>8}  {'ratio':>6}  ok")
+    print(
+        f"{'N':>10}  {'check s':>8}  {'msgs/s':>9}  {'RSS MiB':>7}  {'+fork own':>9}  "
+        f"{'probe max ms':>12}  {'p99 ms':>6}  {'naive s':>8}  {'ratio':>6}  ok"
+    )
     for row in rows:
         runs: list[CheckRun] = row["runs"]
         naive: NaiveRun | None = row["naive"]
-        print(f"{row['n']:>10,}  {row['wall']:>8.2f}  {row['messages'] / row['wall']:>9,.0f}  "
-              f"{max(r.peak_rss_mib for r in runs):>7.0f}  "
-              f"{max(r.child_private_mib for r in runs):>9.0f}  "
-              f"{max(r.probe.max_ms for r in runs):>12.2f}  "
-              f"{max(r.probe.p99_ms for r in runs):>6.2f}  "
-              f"{naive.total_s if naive else float('nan'):>8.1f}  "
-              f"{naive.total_s / row['wall'] if naive else float('nan'):>5.1f}x  "
-              f"{'yes' if not any(r.problems for r in runs) else 'NO'}")
+        print(
+            f"{row['n']:>10,}  {row['wall']:>8.2f}  {row['messages'] / row['wall']:>9,.0f}  "
+            f"{max(r.peak_rss_mib for r in runs):>7.0f}  "
+            f"{max(r.child_private_mib for r in runs):>9.0f}  "
+            f"{max(r.probe.max_ms for r in runs):>12.2f}  "
+            f"{max(r.probe.p99_ms for r in runs):>6.2f}  "
+            f"{naive.total_s if naive else float('nan'):>8.1f}  "
+            f"{naive.total_s / row['wall'] if naive else float('nan'):>5.1f}x  "
+            f"{'yes' if not any(r.problems for r in runs) else 'NO'}"
+        )
     if len(rows) >= 2:
         first, last = rows[0], rows[-1]
-        print(f"scaling {first['n']:,} -> {last['n']:,} ({last['n'] / first['n']:.0f}x data): "
-              f"check time x{last['wall'] / first['wall']:.1f}")
+        print(
+            f"scaling {first['n']:,} -> {last['n']:,} ({last['n'] / first['n']:.0f}x data): "
+            f"check time x{last['wall'] / first['wall']:.1f}"
+        )
 
 
 def main() -> int:
@@ -195,11 +232,19 @@ def main() -> int:
     parser.add_argument("--n", type=int, default=1_000_000, help="messages, result keys, rows")
     parser.add_argument("--sizes", help="comma-separated sizes, e.g. 100000,1000000")
     parser.add_argument("--runs", type=int, default=1, help="check runs per size (median)")
-    parser.add_argument("--naive-sample", type=int, default=20_000,
-                        help="items per naive per-item loop before extrapolating")
+    parser.add_argument(
+        "--naive-sample",
+        type=int,
+        default=20_000,
+        help="items per naive per-item loop before extrapolating",
+    )
     parser.add_argument("--no-naive", action="store_true", help="skip the naive approach")
-    parser.add_argument("--probe-nice", type=int, default=0,
-                        help="niceness of the probe process (negative needs root)")
+    parser.add_argument(
+        "--probe-nice",
+        type=int,
+        default=0,
+        help="niceness of the probe process (negative needs root)",
+    )
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")] if args.sizes else [args.n]
     print(f"{os.cpu_count()} CPUs; check = {CLI} --config ... check --json", flush=True)

@@ -81,18 +81,38 @@ def database(pg: PostgresServer, name: str) -> tuple[str, str]:
 def run_cleanup(config: Path, redis_url: str, work: Path) -> CleanupRun:
     """One `cleanup` subprocess, timed by wait4; its peak RSS as it measured it (VmHWM)."""
     env = {k: v for k, v in os.environ.items() if k not in ENV_OVERRIDES}
-    phases_path, out_path, err_path = (work / "phases.json", work / "cleanup.json",
-                                       work / "cleanup.err")
+    phases_path, out_path, err_path = (
+        work / "phases.json",
+        work / "cleanup.json",
+        work / "cleanup.err",
+    )
     admin = redis.Redis.from_url(redis_url)
     admin.config_set("slowlog-max-len", 1_000_000)
     admin.config_resetstat()
     with out_path.open("wb") as out, err_path.open("wb") as err:
         started = time.perf_counter()
         proc = subprocess.Popen(
-            [sys.executable, "-m", "bench.cleanup_timed", str(phases_path), "--config",
-             str(config), "cleanup", "--force", "--json", "--grace", "0",
-             "--max-orphan-ratio", "0.9", "--no-results"],
-            stdout=out, stderr=err, env=env, cwd=ROOT)
+            [
+                sys.executable,
+                "-m",
+                "bench.cleanup_timed",
+                str(phases_path),
+                "--config",
+                str(config),
+                "cleanup",
+                "--force",
+                "--json",
+                "--grace",
+                "0",
+                "--max-orphan-ratio",
+                "0.9",
+                "--no-results",
+            ],
+            stdout=out,
+            stderr=err,
+            env=env,
+            cwd=ROOT,
+        )
         _, status, usage = os.wait4(proc.pid, 0)
         wall_s = time.perf_counter() - started
     code = os.waitstatus_to_exitcode(status)
@@ -104,12 +124,15 @@ def run_cleanup(config: Path, redis_url: str, work: Path) -> CleanupRun:
     stats = admin.info("commandstats").get("cmdstat_evalsha", {})
     latency = admin.info("latencystats")
     admin.close()
-    script_stats = (f"{stats.get('calls', 0):,} EVALSHA, server {stats.get('usec_per_call', 0):.0f}"
-                    f" µs/call avg; {_latency_line(latency, 'evalsha')}")
+    script_stats = (
+        f"{stats.get('calls', 0):,} EVALSHA, server {stats.get('usec_per_call', 0):.0f}"
+        f" µs/call avg; {_latency_line(latency, 'evalsha')}"
+    )
     timed = orjson.loads(phases_path.read_bytes())
     rss_mib = timed["peak_rss_kib"] / 1024 or usage.ru_maxrss / 1024
-    return CleanupRun(wall_s, rss_mib, code, summary, timed["phases"], _placeholder_probe(),
-                      slow, script_stats)
+    return CleanupRun(
+        wall_s, rss_mib, code, summary, timed["phases"], _placeholder_probe(), slow, script_stats
+    )
 
 
 def _latency_line(info: Any, command: str) -> str:
@@ -131,8 +154,9 @@ def _text(command: Any) -> str:
 
 def over_budget(run: CleanupRun) -> list[tuple[float, str]]:
     """Server calls over the 10 ms budget, the compaction LREM excepted."""
-    return [(ms, cmd) for ms, cmd in run.slow
-            if ms > BUDGET_MS and not cmd.upper().startswith("LREM")]
+    return [
+        (ms, cmd) for ms, cmd in run.slow if ms > BUDGET_MS and not cmd.upper().startswith("LREM")
+    ]
 
 
 def lrem_ms(run: CleanupRun) -> float:
@@ -158,8 +182,10 @@ def read_list(client: redis.Redis, key: str) -> list[str]:
 def account(client: redis.Redis, queued: Queued, traffic: Traffic) -> Account:
     """Every message is, exactly once and in its original order, taken or still queued."""
     in_list = read_list(client, QUEUE)  # head to tail
-    quarantined = {(f.decode() if isinstance(f, bytes) else f).rsplit(":", 1)[0]
-                   for f in client.hkeys(QUARANTINE)}
+    quarantined = {
+        (f.decode() if isinstance(f, bytes) else f).rsplit(":", 1)[0]
+        for f in client.hkeys(QUARANTINE)
+    }
     consumed = [t for t in traffic.consumed if not t.startswith(TOMBSTONE_PREFIX)]
     tombs_consumed = len(traffic.consumed) - len(consumed)
     everything = queued.order + traffic.produced  # oldest (tail) first
@@ -175,10 +201,11 @@ def account(client: redis.Redis, queued: Queued, traffic: Traffic) -> Account:
     orphans_consumed = queued.orphans & consumed_set
     quarantine_ok = quarantined == queued.orphans - consumed_set
     order_ok = actual == expected
-    first_diff = next((i for i, (a, b) in enumerate(zip(actual, expected, strict=False))
-                       if a != b), min(len(actual), len(expected)))
-    ok = (not lost and not duplicated and not left and not tombs_left and quarantine_ok
-          and order_ok)
+    first_diff = next(
+        (i for i, (a, b) in enumerate(zip(actual, expected, strict=False)) if a != b),
+        min(len(actual), len(expected)),
+    )
+    ok = not lost and not duplicated and not left and not tombs_left and quarantine_ok and order_ok
     lines = [
         f"live messages: {len(queued.order) - len(queued.orphans):,} initially + "
         f"{len(traffic.produced):,} produced = {len(live):,}; at the end "
@@ -189,8 +216,12 @@ def account(client: redis.Redis, queued: Queued, traffic: Traffic) -> Account:
         f"{len(quarantined):,} = planted - consumed: {'yes' if quarantine_ok else 'NO'}; "
         f"tombstones left {tombs_left}",
         "order: consumed + queued (tail first) == everything pushed minus quarantined: "
-        + ("yes" if order_ok else f"NO (first difference at position {first_diff:,}; "
-           f"{len(actual):,} vs {len(expected):,} expected)"),
+        + (
+            "yes"
+            if order_ok
+            else f"NO (first difference at position {first_diff:,}; "
+            f"{len(actual):,} vs {len(expected):,} expected)"
+        ),
     ]
     return Account(lines, ok)
 
@@ -200,8 +231,7 @@ def describe(run: CleanupRun, n: int, orphans: int, traffic: Traffic) -> list[st
     over = [(ms, cmd) for ms, cmd in run.slow if ms > BUDGET_MS]
     lrem = [ms for ms, cmd in run.slow if cmd.upper().startswith("LREM")]
     scripts = [ms for ms, cmd in run.slow if cmd.upper().startswith("EVALSHA")]
-    others = [(ms, cmd) for ms, cmd in run.slow if not cmd.upper().startswith(("LREM",
-                                                                                "EVALSHA"))]
+    others = [(ms, cmd) for ms, cmd in run.slow if not cmd.upper().startswith(("LREM", "EVALSHA"))]
     lines = [
         f"cleanup: wall {run.wall_s:.2f} s for {orphans:,} orphans among {n:,} messages, "
         f"peak RSS {run.peak_rss_mib:.0f} MiB, exit {run.exit_code}, outcome "
@@ -214,8 +244,10 @@ def describe(run: CleanupRun, n: int, orphans: int, traffic: Traffic) -> list[st
     order = [label for _, _, label in PHASES] + ["  script calls", "total in process"]
     for label in sorted(run.phases, key=lambda k: order.index(k) if k in order else 99):
         t = run.phases[label]
-        lines.append(f"    {label:<38} {t['s']:8.2f} s  {int(t['calls']):>7,} calls  "
-                     f"max {t['max_s'] * 1000:8.2f} ms")
+        lines.append(
+            f"    {label:<38} {t['s']:8.2f} s  {int(t['calls']):>7,} calls  "
+            f"max {t['max_s'] * 1000:8.2f} ms"
+        )
     lines += [
         f"probe: {run.probe.describe()}",
         f"server: {run.script_stats}",
@@ -248,27 +280,33 @@ def bench(args: argparse.Namespace, i: int) -> dict[str, Any]:
         client = redis.Redis.from_url(redis_url)
         memory = client.info("memory")["used_memory"] / 2**20
         size = len(client.lindex(QUEUE, 0) or b"")
-        print(f"data: {n:,} messages ({size:,} B each) in {QUEUE!r}, {orphans:,} orphans "
-              f"(half without a row, half finished), {queued.rows:,} rows; Redis used_memory "
-              f"{memory:,.0f} MiB; filled in {time.perf_counter() - started:.1f} s", flush=True)
+        print(
+            f"data: {n:,} messages ({size:,} B each) in {QUEUE!r}, {orphans:,} orphans "
+            f"(half without a row, half finished), {queued.rows:,} rows; Redis used_memory "
+            f"{memory:,.0f} MiB; filled in {time.perf_counter() - started:.1f} s",
+            flush=True,
+        )
         config = write_config(work / "maintenance.toml", redis_url, db_url)
-        with Traffic(redis_url, dsn, template, args.produce_rate,
-                     args.consume_rate) as traffic:
+        with Traffic(redis_url, dsn, template, args.produce_rate, args.consume_rate) as traffic:
             with Probe(redis_url) as baseline:
                 time.sleep(args.warmup)
             with Probe(redis_url) as probe:
                 run = run_cleanup(config, redis_url, work)
                 time.sleep(0.5)
         assert baseline.stats is not None and probe.stats is not None
-        print(f"baseline (traffic only, {args.warmup:.0f} s): {baseline.stats.describe()}",
-              flush=True)
+        print(
+            f"baseline (traffic only, {args.warmup:.0f} s): {baseline.stats.describe()}", flush=True
+        )
         run = CleanupRun(**{**vars(run), "probe": probe.stats})
         print("\n".join(describe(run, n, orphans, traffic)), flush=True)
         result = account(client, queued, traffic)
         client.close()
         print("\n".join(result.lines), flush=True)
-        print("verdict: " + ("no live message lost, duplicated or reordered" if result.ok
-                             else "FAILED"), flush=True)
+        print(
+            "verdict: "
+            + ("no live message lost, duplicated or reordered" if result.ok else "FAILED"),
+            flush=True,
+        )
         return {"run": run, "ok": result.ok}
     finally:
         redis_server.stop()
@@ -281,27 +319,40 @@ def summary(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
     runs: list[CleanupRun] = [row["run"] for row in rows]
     walls = sorted(r.wall_s for r in runs)
     wall = statistics.median(walls)
-    phase = {label: statistics.median(r.phases.get(label, {"s": 0.0})["s"] for r in runs)
-             for label in ("scan", "recheck (grace 0)", "quarantine (all, incl. compaction)",
-                           "  main thread waiting for bookkeeping", "  script calls",
-                           "  compaction (LREM)")}
+    phase = {
+        label: statistics.median(r.phases.get(label, {"s": 0.0})["s"] for r in runs)
+        for label in (
+            "scan",
+            "recheck (grace 0)",
+            "quarantine (all, incl. compaction)",
+            "  main thread waiting for bookkeeping",
+            "  script calls",
+            "  compaction (LREM)",
+        )
+    }
     over = [len(over_budget(r)) for r in runs]
     print(f"\n== summary: {args.n:,} messages, {len(runs)} run(s), median ==")
-    print(f"wall {wall:.2f} s (runs: {', '.join(f'{w:.1f}' for w in walls)}); scan "
-          f"{phase['scan']:.2f} s, recheck {phase['recheck (grace 0)']:.2f} s, quarantine "
-          f"{phase['quarantine (all, incl. compaction)']:.2f} s (of which script calls "
-          f"{phase['  script calls']:.2f} s, waiting for bookkeeping "
-          f"{phase['  main thread waiting for bookkeeping']:.2f} s, compaction "
-          f"{phase['  compaction (LREM)']:.2f} s)")
-    print(f"peak RSS {max(r.peak_rss_mib for r in runs):.0f} MiB; probe max "
-          f"{max(r.probe.max_ms for r in runs):.1f} ms, p99 "
-          f"{statistics.median(r.probe.p99_ms for r in runs):.2f} ms; compaction LREM "
-          f"{', '.join(f'{lrem_ms(r):.0f} ms' for r in runs)}; other SLOWLOG entries > "
-          f"{BUDGET_MS:.0f} ms: {', '.join(map(str, over))}")
-    print(f"targets: wall <= 30 s {'met' if wall <= 30 else 'MISSED'} (stretch 10 s "
-          f"{'met' if wall <= 10 else 'missed'}); no call > {BUDGET_MS:.0f} ms but one "
-          f"compaction per list: {'met' if not any(over) else 'MISSED'}; zero live messages "
-          f"lost: {'met' if all(row['ok'] for row in rows) else 'MISSED'}")
+    print(
+        f"wall {wall:.2f} s (runs: {', '.join(f'{w:.1f}' for w in walls)}); scan "
+        f"{phase['scan']:.2f} s, recheck {phase['recheck (grace 0)']:.2f} s, quarantine "
+        f"{phase['quarantine (all, incl. compaction)']:.2f} s (of which script calls "
+        f"{phase['  script calls']:.2f} s, waiting for bookkeeping "
+        f"{phase['  main thread waiting for bookkeeping']:.2f} s, compaction "
+        f"{phase['  compaction (LREM)']:.2f} s)"
+    )
+    print(
+        f"peak RSS {max(r.peak_rss_mib for r in runs):.0f} MiB; probe max "
+        f"{max(r.probe.max_ms for r in runs):.1f} ms, p99 "
+        f"{statistics.median(r.probe.p99_ms for r in runs):.2f} ms; compaction LREM "
+        f"{', '.join(f'{lrem_ms(r):.0f} ms' for r in runs)}; other SLOWLOG entries > "
+        f"{BUDGET_MS:.0f} ms: {', '.join(map(str, over))}"
+    )
+    print(
+        f"targets: wall <= 30 s {'met' if wall <= 30 else 'MISSED'} (stretch 10 s "
+        f"{'met' if wall <= 10 else 'missed'}); no call > {BUDGET_MS:.0f} ms but one "
+        f"compaction per list: {'met' if not any(over) else 'MISSED'}; zero live messages "
+        f"lost: {'met' if all(row['ok'] for row in rows) else 'MISSED'}"
+    )
 
 
 def main() -> int:
@@ -311,15 +362,26 @@ def main() -> int:
     parser.add_argument("--produce-rate", type=float, default=1000.0, help="LPUSH per second")
     parser.add_argument("--consume-rate", type=float, default=500.0, help="BRPOP per second")
     parser.add_argument("--runs", type=int, default=1, help="fresh data and cleanup, N times")
-    parser.add_argument("--warmup", type=float, default=2.0,
-                        help="seconds of traffic alone first, for the probe's baseline")
-    parser.add_argument("--redis-nice", type=int, default=0,
-                        help="niceness of the benchmark's redis-server (negative needs root): "
-                             "on a busy 2-core machine, keeps OS preemption out of SLOWLOG")
+    parser.add_argument(
+        "--warmup",
+        type=float,
+        default=2.0,
+        help="seconds of traffic alone first, for the probe's baseline",
+    )
+    parser.add_argument(
+        "--redis-nice",
+        type=int,
+        default=0,
+        help="niceness of the benchmark's redis-server (negative needs root): "
+        "on a busy 2-core machine, keeps OS preemption out of SLOWLOG",
+    )
     args = parser.parse_args()
-    print(f"{os.cpu_count()} CPUs; cleanup = task-cleanup cleanup --force --grace 0 "
-          f"--no-results, producer {args.produce_rate:,.0f}/s, consumer "
-          f"{args.consume_rate:,.0f}/s, redis-server nice {args.redis_nice}", flush=True)
+    print(
+        f"{os.cpu_count()} CPUs; cleanup = task-cleanup cleanup --force --grace 0 "
+        f"--no-results, producer {args.produce_rate:,.0f}/s, consumer "
+        f"{args.consume_rate:,.0f}/s, redis-server nice {args.redis_nice}",
+        flush=True,
+    )
     rows = [bench(args, i) for i in range(1, args.runs + 1)]
     summary(rows, args)
     return 0 if all(row["ok"] for row in rows) else 1

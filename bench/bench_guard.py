@@ -36,20 +36,45 @@ WORKER = "bench-guard@localhost"
 
 def write_config(directory: Path, redis_url: str, database_url: str) -> Path:
     path = directory / "maintenance.toml"
-    path.write_text(f'[redis]\nbroker_url = "{redis_url}"\n\n[database]\nurl = "{database_url}"\n'
-                    f'\n[logging]\ndir = "{directory / "logs"}"\n')
+    path.write_text(
+        f'[redis]\nbroker_url = "{redis_url}"\n\n[database]\nurl = "{database_url}"\n'
+        f'\n[logging]\ndir = "{directory / "logs"}"\n'
+    )
     return path
 
 
-def start_worker(app: Celery, env: dict[str, str], pool: str, log_dir: Path
-                 ) -> subprocess.Popen[bytes]:
+def start_worker(
+    app: Celery, env: dict[str, str], pool: str, log_dir: Path
+) -> subprocess.Popen[bytes]:
     log_dir.mkdir(parents=True, exist_ok=True)
     with (log_dir / "stderr.log").open("wb") as stderr:
         process = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "tests.guarded_app", "worker", "-P", pool,
-             "-c", "1", "-Q", QUEUE, "-n", WORKER, "--without-gossip", "--without-mingle",
-             "--without-heartbeat", "-l", "WARNING"],
-            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=stderr)
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "tests.guarded_app",
+                "worker",
+                "-P",
+                pool,
+                "-c",
+                "1",
+                "-Q",
+                QUEUE,
+                "-n",
+                WORKER,
+                "--without-gossip",
+                "--without-mingle",
+                "--without-heartbeat",
+                "-l",
+                "WARNING",
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+        )
     deadline = time.monotonic() + 60
     while not app.control.ping(destination=[WORKER], timeout=0.5):
         if time.monotonic() > deadline or process.poll() is not None:
@@ -101,13 +126,21 @@ def main() -> None:
         create_schema(engine)
         row_ids = [new_id() for _ in range(args.tasks)]
         with engine.begin() as conn:
-            conn.execute(sa.insert(tasks), [dict(id=i, status="pending", updated_at=utcnow())
-                                            for i in row_ids])
+            conn.execute(
+                sa.insert(tasks),
+                [dict(id=i, status="pending", updated_at=utcnow()) for i in row_ids],
+            )
         engine.dispose()
         config = write_config(work, redis_url, pg.url)
-        env = {**os.environ, "C_FORCE_ROOT": "1", "GUARD_BROKER_URL": redis_url,
-               "MAINTENANCE_CONFIG": str(config), "GUARD_LOG_DIR": str(work / "logs"),
-               "GUARD_LOG_LEVEL": "WARNING", "PYTHONPATH": str(ROOT)}
+        env = {
+            **os.environ,
+            "C_FORCE_ROOT": "1",
+            "GUARD_BROKER_URL": redis_url,
+            "MAINTENANCE_CONFIG": str(config),
+            "GUARD_LOG_DIR": str(work / "logs"),
+            "GUARD_LOG_LEVEL": "WARNING",
+            "PYTHONPATH": str(ROOT),
+        }
         worker = start_worker(app, env, args.pool, work / "logs")
         run_round(app, "guarded.noop_guarded", row_ids[:200])  # warm up both paths
         run_round(app, "guarded.noop", row_ids[:200])
@@ -129,10 +162,13 @@ def main() -> None:
     tps_plain, tps_guarded = statistics.median(plain), statistics.median(guarded)
     added_ms = (1 / tps_guarded - 1 / tps_plain) * 1000
     print(f"worker: {args.pool}, concurrency 1; {args.tasks} tasks x {args.rounds} rounds each")
-    print(f"without guard: {tps_plain:8.0f} tasks/s  (rounds: "
-          f"{', '.join(f'{x:.0f}' for x in plain)})")
-    print(f"with guard:    {tps_guarded:8.0f} tasks/s  (rounds: "
-          f"{', '.join(f'{x:.0f}' for x in guarded)})")
+    print(
+        f"without guard: {tps_plain:8.0f} tasks/s  (rounds: {', '.join(f'{x:.0f}' for x in plain)})"
+    )
+    print(
+        f"with guard:    {tps_guarded:8.0f} tasks/s  (rounds: "
+        f"{', '.join(f'{x:.0f}' for x in guarded)})"
+    )
     print(f"added per task on the worker: {added_ms:.3f} ms (target < 1 ms)")
     print(f"guard look-up alone: p50 {p50:.3f} ms, p99 {p99:.3f} ms")
 

@@ -65,8 +65,9 @@ def _now_text() -> str:
     return datetime.now(UTC).replace(tzinfo=None).isoformat(sep=" ")
 
 
-def fill(redis_url: str, dsn: str, template: MessageTemplate, n: int, orphans: int,
-         seed: int = 1) -> Queued:
+def fill(
+    redis_url: str, dsn: str, template: MessageTemplate, n: int, orphans: int, seed: int = 1
+) -> Queued:
     """LPUSH n messages (exactly `orphans` of them orphans) and COPY their rows."""
     rng = random.Random(seed)
     orphan_at = set(rng.sample(range(n), orphans))
@@ -92,11 +93,12 @@ def fill(redis_url: str, dsn: str, template: MessageTemplate, n: int, orphans: i
                 queued.rows += 1
             pipe = client.pipeline(transaction=False)
             for s in range(0, count, PUSH_SLICE):
-                pipe.lpush(QUEUE, *raws[s:s + PUSH_SLICE])
+                pipe.lpush(QUEUE, *raws[s : s + PUSH_SLICE])
             pipe.execute()
             rows.seek(0)
-            cur.copy_expert("COPY tasks (id, status, updated_at, celery_task_id, title) "
-                            "FROM STDIN", rows)
+            cur.copy_expert(
+                "COPY tasks (id, status, updated_at, celery_task_id, title) FROM STDIN", rows
+            )
     conn.close()
     conn = psycopg2.connect(dsn)
     conn.autocommit = True
@@ -107,8 +109,15 @@ def fill(redis_url: str, dsn: str, template: MessageTemplate, n: int, orphans: i
 
 
 # -- live traffic -----------------------------------------------------------------------------
-def _produce(redis_url: str, dsn: str, template: MessageTemplate, rate: float, tick_s: float,
-             stop: Any, out: Connection) -> None:
+def _produce(
+    redis_url: str,
+    dsn: str,
+    template: MessageTemplate,
+    rate: float,
+    tick_s: float,
+    stop: Any,
+    out: Connection,
+) -> None:
     """Every tick: commit the rows of a few new live messages, then LPUSH them (in that order)."""
     client = redis.Redis.from_url(redis_url)
     conn = psycopg2.connect(dsn)
@@ -122,11 +131,12 @@ def _produce(redis_url: str, dsn: str, template: MessageTemplate, rate: float, t
         batch = [(ids[3 * i], ids[3 * i + 1], ids[3 * i + 2]) for i in range(per_tick)]
         now = _now_text()
         psycopg2.extras.execute_values(
-            cur, "INSERT INTO tasks (id, status, updated_at, celery_task_id, title) VALUES %s",
-            [(row, "queued", now, task, "live upload") for task, row, _ in batch])
+            cur,
+            "INSERT INTO tasks (id, status, updated_at, celery_task_id, title) VALUES %s",
+            [(row, "queued", now, task, "live upload") for task, row, _ in batch],
+        )
         conn.commit()
-        client.lpush(QUEUE, *[template.render(task, row, tag).encode()
-                              for task, row, tag in batch])
+        client.lpush(QUEUE, *[template.render(task, row, tag).encode() for task, row, tag in batch])
         pushed.extend(task for task, _, _ in batch)
         next_at += tick_s
         delay = next_at - time.perf_counter()
@@ -159,8 +169,14 @@ class Traffic:
     """`with Traffic(...) as traffic:` runs the producer and the consumer; afterwards
     `traffic.produced` and `traffic.consumed` hold the task ids, in order."""
 
-    def __init__(self, redis_url: str, dsn: str, template: MessageTemplate,
-                 produce_rate: float, consume_rate: float):
+    def __init__(
+        self,
+        redis_url: str,
+        dsn: str,
+        template: MessageTemplate,
+        produce_rate: float,
+        consume_rate: float,
+    ):
         self.args = (redis_url, dsn, template, produce_rate, consume_rate)
         self.produced: list[str] = []
         self.consumed: list[str] = []

@@ -53,6 +53,7 @@ def _timed(label: str, fn: Callable[..., Any]) -> Callable[..., Any]:
 
 def _timed_steps(label: str, fn: Callable[..., Iterator[Any]]) -> Callable[..., Iterator[Any]]:
     """For a generator: the time spent producing each item (one script call per item here)."""
+
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Iterator[Any]:
         steps = fn(*args, **kwargs)
@@ -94,7 +95,8 @@ def install(out: Path) -> None:
     for owner, name, label in PHASES:
         setattr(owner, name, _timed(label, getattr(owner, name)))
     Quarantine.take_from_list = _timed_steps(  # type: ignore[method-assign]  # on purpose
-        "  script calls", Quarantine.take_from_list)
+        "  script calls", Quarantine.take_from_list
+    )
     started = time.perf_counter()
 
     def dump() -> None:

@@ -80,8 +80,10 @@ class _Rows:
         self.sub_count += 1
 
     def copy(self, cur: psycopg2.extensions.cursor) -> None:
-        for table, buf, cols in (("tasks", self.tasks, "id, status, updated_at, celery_task_id, "
-                                  "title"), ("sub_tasks", self.sub_tasks, "id, task_id, status")):
+        for table, buf, cols in (
+            ("tasks", self.tasks, "id, status, updated_at, celery_task_id, title"),
+            ("sub_tasks", self.sub_tasks, "id, task_id, status"),
+        ):
             buf.seek(0)
             cur.copy_expert(f"COPY {table} ({cols}) FROM STDIN", buf)
             buf.seek(0)
@@ -116,8 +118,9 @@ class _Generator:
             if orphan:
                 self.planted.orphans["row_missing" if gone else "row_finished"] += 1
             if not gone:
-                status = self.rng.choice(("done", "cancelled")) if orphan else \
-                    self.rng.choice(ACTIVE)
+                status = (
+                    self.rng.choice(("done", "cancelled")) if orphan else self.rng.choice(ACTIVE)
+                )
                 self.rows.task(row_id, status, self._updated(), task_id)
             return
         if orphan:
@@ -131,8 +134,9 @@ class _Generator:
         """Live sub-tasks share a live parent, ten each; an orphan gets a finished parent."""
         if finished or self.parent_left == 0:
             parent = uuids(1)[0]
-            self.rows.task(parent, "done" if finished else "processing",
-                           self.rng.choice(self.recent)[0], "")
+            self.rows.task(
+                parent, "done" if finished else "processing", self.rng.choice(self.recent)[0], ""
+            )
             if finished:
                 return parent
             self.parent, self.parent_left = parent, 10
@@ -140,8 +144,9 @@ class _Generator:
         return self.parent
 
 
-def _push_messages(client: redis.Redis, templates: list[MessageTemplate], gen: _Generator,
-                   count: int) -> None:
+def _push_messages(
+    client: redis.Redis, templates: list[MessageTemplate], gen: _Generator, count: int
+) -> None:
     weights = [t.kind.weight for t in templates]
     picks = gen.rng.choices(range(len(templates)), weights=weights, k=count)
     ids = uuids(3 * count)
@@ -154,13 +159,14 @@ def _push_messages(client: redis.Redis, templates: list[MessageTemplate], gen: _
     pipe = client.pipeline(transaction=False)
     for key, raws in by_key.items():
         for start in range(0, len(raws), PUSH_SLICE):
-            pipe.lpush(key, *raws[start:start + PUSH_SLICE])
+            pipe.lpush(key, *raws[start : start + PUSH_SLICE])
     pipe.execute()
     gen.planted.messages += count
 
 
-def _push_unacked(client: redis.Redis, template: MessageTemplate, gen: _Generator,
-                  count: int) -> None:
+def _push_unacked(
+    client: redis.Redis, template: MessageTemplate, gen: _Generator, count: int
+) -> None:
     """Messages a worker holds: kombu's `[message, exchange, routing_key]` in `unacked`."""
     now = time.time()
     pipe = client.pipeline(transaction=False)
@@ -173,8 +179,13 @@ def _push_unacked(client: redis.Redis, template: MessageTemplate, gen: _Generato
     gen.planted.unacked += count
 
 
-def _push_results(client: redis.Redis, templates: ResultTemplates, count: int,
-                  rng: random.Random, planted: Planted) -> None:
+def _push_results(
+    client: redis.Redis,
+    templates: ResultTemplates,
+    count: int,
+    rng: random.Random,
+    planted: Planted,
+) -> None:
     """10% finished 26-70 h ago (past retention), 2% without TTL, the rest recent."""
     recent, old = _stamps(0, 23 * 3600), _stamps(26 * 3600, 70 * 3600)
     iso = [(text.replace(" ", "T") + "+00:00", age) for text, age in recent + old]
@@ -185,8 +196,9 @@ def _push_results(client: redis.Redis, templates: ResultTemplates, count: int,
         for task_id, result in zip(*[iter(uuids(2 * size))] * 2, strict=True):
             draw = rng.random()
             stale = draw < 0.12
-            date, age = iso[rng.randrange(n_recent, len(iso)) if draw < 0.10
-                            else rng.randrange(n_recent)]
+            date, age = iso[
+                rng.randrange(n_recent, len(iso)) if draw < 0.10 else rng.randrange(n_recent)
+            ]
             tpl = templates.failure if rng.random() < 0.05 else templates.success
             value = tpl % {"t": task_id, "r": result, "d": date}
             key = f"celery-task-meta-{task_id}"

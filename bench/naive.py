@@ -51,8 +51,9 @@ class NaiveRun:
 
     @property
     def extrapolated(self) -> bool:
-        return self.messages.sampled < self.messages.items or \
-            self.results.sampled < self.results.items
+        return (
+            self.messages.sampled < self.messages.items or self.results.sampled < self.results.items
+        )
 
 
 def _every(items: list[bytes], count: int) -> list[bytes]:
@@ -68,8 +69,9 @@ def _bound_id(raw: bytes) -> object:
     return args[0] if args else kwargs.get("task_id")
 
 
-def run_naive(redis_url: str, db_url: str, queue_keys: tuple[str, ...], sample: int,
-              nice: int = 0) -> NaiveRun:
+def run_naive(
+    redis_url: str, db_url: str, queue_keys: tuple[str, ...], sample: int, nice: int = 0
+) -> NaiveRun:
     client = redis.Redis.from_url(redis_url)
     dsn = sa.engine.make_url(db_url).set(drivername="postgresql").render_as_string(False)
     conn = psycopg2.connect(dsn)
@@ -94,8 +96,9 @@ def run_naive(redis_url: str, db_url: str, queue_keys: tuple[str, ...], sample: 
         for key in picked:
             value = client.get(key)
             if value is not None:
-                cur.execute("SELECT status FROM tasks WHERE id = %s",
-                            (json.loads(value)["task_id"],))
+                cur.execute(
+                    "SELECT status FROM tasks WHERE id = %s", (json.loads(value)["task_id"],)
+                )
                 cur.fetchone()
         result_loop = Loop(len(result_keys), len(picked), time.perf_counter() - started)
     conn.close()

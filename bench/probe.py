@@ -34,13 +34,17 @@ class ProbeStats:
     per_call_us: dict[str, float]  # the scan's commands: Redis's mean time per call (µs)
 
     def describe(self) -> str:
-        server = (f"server's slowest command {self.slowest_server_ms:.2f} ms "
-                  f"({self.slowest_command})" if self.slowest_server_ms else
-                  f"no server command over {SLOWLOG_THRESHOLD_US / 1000:.0f} ms")
+        server = (
+            f"server's slowest command {self.slowest_server_ms:.2f} ms ({self.slowest_command})"
+            if self.slowest_server_ms
+            else f"no server command over {SLOWLOG_THRESHOLD_US / 1000:.0f} ms"
+        )
         means = ", ".join(f"{name} {us:,.0f} µs" for name, us in self.per_call_us.items())
-        return (f"probe max {self.max_ms:.2f} ms, p99 {self.p99_ms:.2f} ms, "
-                f"p50 {self.p50_ms:.3f} ms over {self.pings:,} pings ({self.over_5ms} > 5 ms); "
-                f"{server}; mean per call: {means}")
+        return (
+            f"probe max {self.max_ms:.2f} ms, p99 {self.p99_ms:.2f} ms, "
+            f"p50 {self.p50_ms:.3f} ms over {self.pings:,} pings ({self.over_5ms} > 5 ms); "
+            f"{server}; mean per call: {means}"
+        )
 
 
 def _run(url: str, stop: Any, out: Connection, nice: int) -> None:
@@ -64,8 +68,15 @@ def _run(url: str, stop: Any, out: Connection, nice: int) -> None:
             next_at = time.perf_counter()
     ordered = sorted(samples)
     n = len(ordered)
-    out.send((n, ordered[-1] * 1000 if n else 0.0, ordered[int(n * 0.99)] * 1000 if n else 0.0,
-              ordered[n // 2] * 1000 if n else 0.0, sum(1 for s in ordered if s > 0.005)))
+    out.send(
+        (
+            n,
+            ordered[-1] * 1000 if n else 0.0,
+            ordered[int(n * 0.99)] * 1000 if n else 0.0,
+            ordered[n // 2] * 1000 if n else 0.0,
+            sum(1 for s in ordered if s > 0.005),
+        )
+    )
     client.close()
 
 
@@ -86,8 +97,9 @@ class Probe:
         admin.close()
         self._stop = self._ctx.Event()
         self._recv, send = self._ctx.Pipe(duplex=False)
-        self._process = self._ctx.Process(target=_run, args=(self.url, self._stop, send,
-                                                             self.nice), daemon=True)
+        self._process = self._ctx.Process(
+            target=_run, args=(self.url, self._stop, send, self.nice), daemon=True
+        )
         self._process.start()
         if self._recv.recv() != "ready":
             raise RuntimeError("probe did not start")
@@ -102,12 +114,21 @@ class Probe:
         commands = admin.info("commandstats")
         admin.close()
         worst = max(slow, key=lambda e: e["duration"], default=None)
-        per_call = {name: float(commands[f"cmdstat_{name}"]["usec_per_call"])
-                    for name in SCAN_COMMANDS if f"cmdstat_{name}" in commands}
+        per_call = {
+            name: float(commands[f"cmdstat_{name}"]["usec_per_call"])
+            for name in SCAN_COMMANDS
+            if f"cmdstat_{name}" in commands
+        }
         self.stats = ProbeStats(
-            pings, max_ms, p99, p50, over,
+            pings,
+            max_ms,
+            p99,
+            p50,
+            over,
             worst["duration"] / 1000 if worst else 0.0,
-            _command_text(worst["command"]) if worst else "", per_call)
+            _command_text(worst["command"]) if worst else "",
+            per_call,
+        )
 
 
 def _is_own(entry: dict[str, Any]) -> bool:

@@ -71,8 +71,15 @@ def _send(app: Celery, kind: Kind) -> None:
         args, kwargs = ["someone@example.com"], {"template": SOURCE}
     else:
         args, kwargs = [ROW_ID], {"source": SOURCE}
-    app.send_task(kind.task, args=args, kwargs=kwargs, queue=kind.queue,
-                  priority=kind.priority, task_id=TASK_ID, serializer="json")
+    app.send_task(
+        kind.task,
+        args=args,
+        kwargs=kwargs,
+        queue=kind.queue,
+        priority=kind.priority,
+        task_id=TASK_ID,
+        serializer="json",
+    )
 
 
 def capture_messages(client: redis.Redis, app: Celery) -> list[MessageTemplate]:
@@ -91,8 +98,7 @@ def capture_messages(client: redis.Redis, app: Celery) -> list[MessageTemplate]:
         body_b64 = payload["body"]
         body = base64.b64decode(body_b64).decode()
         tag = payload["properties"]["delivery_tag"]
-        envelope = _placeholders(raw.decode(), {body_b64: "b", TASK_ID: "t", tag: "g",
-                                                ROW_ID: "r"})
+        envelope = _placeholders(raw.decode(), {body_b64: "b", TASK_ID: "t", tag: "g", ROW_ID: "r"})
         templates.append(MessageTemplate(kind, key, envelope, _placeholders(body, {ROW_ID: "r"})))
     return templates
 
@@ -109,8 +115,12 @@ def capture_results(client: redis.Redis, app: Celery) -> ResultTemplates:
     done = "2001-02-03T04:05:06.123456+00:00"
     out = []
     for state, value in (("SUCCESS", ROW_ID), ("FAILURE", RuntimeError(f"task {ROW_ID} gone"))):
-        backend.store_result(TASK_ID, value, state,
-                             traceback="Traceback (most recent call last):\n  ...\nRuntimeError")
+        backend.store_result(
+            TASK_ID,
+            value,
+            state,
+            traceback="Traceback (most recent call last):\n  ...\nRuntimeError",
+        )
         key = backend.get_key_for_task(TASK_ID)
         raw = client.get(key)
         client.delete(key)
@@ -125,6 +135,6 @@ def uuids(count: int) -> list[str]:
     hexes = os.urandom(16 * count).hex()
     out = []
     for i in range(0, 32 * count, 32):
-        h = hexes[i:i + 32]
+        h = hexes[i : i + 32]
         out.append(f"{h[:8]}-{h[8:12]}-4{h[13:16]}-a{h[17:20]}-{h[20:]}")
     return out

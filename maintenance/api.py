@@ -29,8 +29,9 @@ class RedisTaskCleaner:
         self._maintenance = maintenance
 
     @classmethod
-    def from_config(cls, path: str | Path | None = None,
-                    env: Mapping[str, str] | None = None) -> RedisTaskCleaner:
+    def from_config(
+        cls, path: str | Path | None = None, env: Mapping[str, str] | None = None
+    ) -> RedisTaskCleaner:
         env = os.environ if env is None else env
         return cls(load_settings(resolve_config_path(str(path) if path else None, env), env))
 
@@ -80,26 +81,37 @@ class RedisTaskCleaner:
         return self.scan(task_id=task_id).as_dict()
 
     # -- acting (every safety check of `task-cleanup cleanup` applies) -------------------------
-    def revoke_orphaned_tasks(self, *, dry_run: bool = False, grace_s: float | None = None,
-                              started_by: str = "api") -> dict[str, Any]:
-        options = RunOptions(mode=RunMode.REVOKE_ORPHANS, started_by=started_by,
-                             dry_run=dry_run, grace_s=grace_s, scan_results=False,
-                             kinds=frozenset({FindingKind.ORPHAN}))
+    def revoke_orphaned_tasks(
+        self, *, dry_run: bool = False, grace_s: float | None = None, started_by: str = "api"
+    ) -> dict[str, Any]:
+        options = RunOptions(
+            mode=RunMode.REVOKE_ORPHANS,
+            started_by=started_by,
+            dry_run=dry_run,
+            grace_s=grace_s,
+            scan_results=False,
+            kinds=frozenset({FindingKind.ORPHAN}),
+        )
         return self.maintenance.cleanup(options).summary()
 
-    def cleanup_expired_results(self, *, dry_run: bool = False, started_by: str = "api"
-                                ) -> dict[str, Any]:
-        options = RunOptions(mode=RunMode.EXPIRED_RESULTS, started_by=started_by,
-                             dry_run=dry_run, kinds=frozenset({FindingKind.STALE_RESULT}))
+    def cleanup_expired_results(
+        self, *, dry_run: bool = False, started_by: str = "api"
+    ) -> dict[str, Any]:
+        options = RunOptions(
+            mode=RunMode.EXPIRED_RESULTS,
+            started_by=started_by,
+            dry_run=dry_run,
+            kinds=frozenset({FindingKind.STALE_RESULT}),
+        )
         return self.maintenance.cleanup(options).summary()
 
-    def revoke(self, task_ids: list[str], force: bool = False, started_by: str = "api"
-               ) -> dict[str, Any]:
+    def revoke(
+        self, task_ids: list[str], force: bool = False, started_by: str = "api"
+    ) -> dict[str, Any]:
         result = self.maintenance.revoke(task_ids, force=force, started_by=started_by)
         return {"run_id": result.run_id, "done": result.done, "details": result.details}
 
-    def restore(self, task_ids: list[str] | None = None, started_by: str = "api"
-                ) -> dict[str, Any]:
+    def restore(self, task_ids: list[str] | None = None, started_by: str = "api") -> dict[str, Any]:
         """Put quarantined messages back (all of them when `task_ids` is None)."""
         result = self.maintenance.restore(task_ids, started_by=started_by)
         return {"run_id": result.run_id, "done": result.done, "details": result.details}
@@ -107,7 +119,14 @@ class RedisTaskCleaner:
 
 def _message_dict(msg: Message) -> dict[str, Any]:
     loc = msg.location
-    return {"task_id": msg.task_id, "task_name": msg.task_name, "db_id": msg.db_id,
-            "row_kind": msg.row_kind or None, "where": loc.where.value, "queue": loc.queue,
-            "priority": loc.priority, "eta": msg.eta,
-            "problem": msg.problem.value if msg.problem else None}
+    return {
+        "task_id": msg.task_id,
+        "task_name": msg.task_name,
+        "db_id": msg.db_id,
+        "row_kind": msg.row_kind or None,
+        "where": loc.where.value,
+        "queue": loc.queue,
+        "priority": loc.priority,
+        "eta": msg.eta,
+        "problem": msg.problem.value if msg.problem else None,
+    }

@@ -194,8 +194,9 @@ def settings_from_mapping(
         if name == "bindings":
             continue
         if name not in _SECTIONS:
-            raise ConfigError(f"unknown section; expected one of {sorted(_SECTIONS)}",
-                              key=name, source=source)
+            raise ConfigError(
+                f"unknown section; expected one of {sorted(_SECTIONS)}", key=name, source=source
+            )
         if not isinstance(value, dict):
             raise ConfigError("must be a table", key=name, source=source)
     for var, (section, key) in URL_OVERRIDES.items():
@@ -213,8 +214,9 @@ def settings_from_mapping(
 
 def _build_bindings(raw: Any, source: str) -> tuple[Binding, ...]:
     if not isinstance(raw, list):
-        raise ConfigError("must be an array of tables ([[bindings]])", key="bindings",
-                          source=source)
+        raise ConfigError(
+            "must be an array of tables ([[bindings]])", key="bindings", source=source
+        )
     bindings = []
     for index, entry in enumerate(raw):
         key = f"bindings[{index}]"
@@ -234,8 +236,9 @@ def _build_section(cls: type, values: dict[str, Any], section: str, source: str)
     for key, value in values.items():
         full_key = f"{section}.{key}"
         if key not in known:
-            raise ConfigError(f"unknown key; expected one of {sorted(known)}",
-                              key=full_key, source=source)
+            raise ConfigError(
+                f"unknown key; expected one of {sorted(known)}", key=full_key, source=source
+            )
         kwargs[key] = _coerce(value, hints[key], full_key, source)
     return cls(**kwargs)
 
@@ -246,14 +249,14 @@ def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
     if origin is Literal:
         allowed = typing.get_args(hint)
         if value not in allowed:
-            raise ConfigError(f"must be one of {list(allowed)}, got {value!r}", key=key,
-                              source=source)
+            raise ConfigError(
+                f"must be one of {list(allowed)}, got {value!r}", key=key, source=source
+            )
         return value
     if isinstance(hint, type) and issubclass(hint, StrEnum):
         choices = [member.value for member in hint]
         if value not in choices:
-            raise ConfigError(f"must be one of {choices}, got {value!r}", key=key,
-                              source=source)
+            raise ConfigError(f"must be one of {choices}, got {value!r}", key=key, source=source)
         return hint(value)
     if origin is tuple:
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
@@ -271,8 +274,11 @@ def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
         or (hint is str and isinstance(value, str))
     )
     if not ok:
-        raise ConfigError(f"must be {expected.get(hint, hint)}, got {type(value).__name__} "
-                          f"{value!r}", key=key, source=source)
+        raise ConfigError(
+            f"must be {expected.get(hint, hint)}, got {type(value).__name__} {value!r}",
+            key=key,
+            source=source,
+        )
     return float(value) if hint is float else value
 
 
@@ -289,18 +295,20 @@ def _check_consistency(settings: Settings) -> None:
         if value <= 0:
             raise ConfigError(f"must be greater than 0, got {value}", key=key, source=src)
     if not settings.tasks.active_statuses:
-        raise ConfigError("must name at least one status", key="tasks.active_statuses",
-                          source=src)
+        raise ConfigError("must name at least one status", key="tasks.active_statuses", source=src)
     if not settings.scan.queues:
         raise ConfigError("must name at least one queue", key="scan.queues", source=src)
     if not 0 < settings.cleanup.max_orphan_ratio <= 1:
         raise ConfigError("must be in (0, 1]", key="cleanup.max_orphan_ratio", source=src)
     for index, binding in enumerate(settings.bindings):
         if binding.kind == "sub_task" and not settings.sub_tasks.enabled:
-            raise ConfigError("binds a sub-task but [sub_tasks] has no table",
-                              key=f"bindings[{index}].kind", source=src)
+            raise ConfigError(
+                "binds a sub-task but [sub_tasks] has no table",
+                key=f"bindings[{index}].kind",
+                source=src,
+            )
     if settings.schedule.soft_time_limit_s >= settings.schedule.time_limit_s:
-        raise ConfigError("must be lower than schedule.time_limit_s",
-                          key="schedule.soft_time_limit_s", source=src)
+        raise ConfigError(
+            "must be lower than schedule.time_limit_s", key="schedule.soft_time_limit_s", source=src
+        )
     check_alert_settings(settings.alerts, src)
-

@@ -29,8 +29,12 @@ def shared_processors() -> list[Any]:
     ]
 
 
-def configure_logging(log_dir: str | Path, level: str = "INFO", console_level: str = "WARNING",
-                      extra_files: dict[str, str] | None = None) -> Path:
+def configure_logging(
+    log_dir: str | Path,
+    level: str = "INFO",
+    console_level: str = "WARNING",
+    extra_files: dict[str, str] | None = None,
+) -> Path:
     """Route structlog and stdlib logging to a JSON file and a human console on stderr.
 
     `extra_files` maps a logger name to a file name in `log_dir` (e.g. `celery` -> worker log).
@@ -40,21 +44,30 @@ def configure_logging(log_dir: str | Path, level: str = "INFO", console_level: s
     directory.mkdir(parents=True, exist_ok=True)
     pre_chain = shared_processors()
     structlog.configure(
-        processors=[*pre_chain, structlog.processors.StackInfoRenderer(),
-                    structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        processors=[
+            *pre_chain,
+            structlog.processors.StackInfoRenderer(),
+            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+        ],
         logger_factory=structlog.stdlib.LoggerFactory(),
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=True,
     )
     json_formatter = structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=pre_chain,
-        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-                    structlog.processors.format_exc_info,
-                    structlog.processors.JSONRenderer(ensure_ascii=False)])
+        processors=[
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            structlog.processors.format_exc_info,
+            structlog.processors.JSONRenderer(ensure_ascii=False),
+        ],
+    )
     console_formatter = structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=pre_chain,
-        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-                    structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())])
+        processors=[
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty()),
+        ],
+    )
     root = logging.getLogger()
     for handler in list(root.handlers):
         if getattr(handler, "_task_maintenance", False):
@@ -67,8 +80,9 @@ def configure_logging(log_dir: str | Path, level: str = "INFO", console_level: s
     root.addHandler(file_handler)
     root.addHandler(console)
     for logger_name, file_name in (extra_files or {}).items():
-        extra = _handler(logging.FileHandler(directory / file_name, encoding="utf-8"),
-                         json_formatter, level)
+        extra = _handler(
+            logging.FileHandler(directory / file_name, encoding="utf-8"), json_formatter, level
+        )
         extra.addFilter(_name_filter(logger_name))
         root.addHandler(extra)
     root.setLevel(min(logging.getLevelName(level), logging.getLevelName(console_level)))

@@ -7,7 +7,9 @@ from collections.abc import MutableMapping
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-_URL_IN_TEXT = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.\-]*://)(?P<user>[^:@/\s]*):(?P<pw>[^@/\s]+)@")
+_URL_IN_TEXT = re.compile(
+    r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.\-]*://)(?P<user>[^:@/\s]*):(?P<pw>[^@/\s]+)@"
+)
 
 
 def redact_url(url: str) -> str:

@@ -35,8 +35,12 @@ def parse_crontab(text: str, key: str, source: str = "<settings>") -> crontab:
     """A five-field cron line ("m h dom mon dow"); a bad one names its key, like any bad config."""
     fields = text.split()
     if len(fields) != 5:
-        raise ConfigError(f"must be a crontab of 5 fields 'minute hour day-of-month month "
-                          f"day-of-week', got {text!r}", key=key, source=source)
+        raise ConfigError(
+            f"must be a crontab of 5 fields 'minute hour day-of-month month "
+            f"day-of-week', got {text!r}",
+            key=key,
+            source=source,
+        )
     try:
         return crontab.from_string(" ".join(fields))
     except (ValueError, TypeError) as exc:
@@ -48,8 +52,11 @@ def check_timezone(settings: Settings) -> ZoneInfo:
     try:
         return ZoneInfo(settings.schedule.timezone)
     except (ZoneInfoNotFoundError, ValueError) as exc:
-        raise ConfigError(f"unknown time zone {settings.schedule.timezone!r} ({exc})",
-                          key="schedule.timezone", source=settings.source) from None
+        raise ConfigError(
+            f"unknown time zone {settings.schedule.timezone!r} ({exc})",
+            key="schedule.timezone",
+            source=settings.source,
+        ) from None
 
 
 def schedules(settings: Settings) -> dict[str, crontab | timedelta]:
@@ -57,8 +64,10 @@ def schedules(settings: Settings) -> dict[str, crontab | timedelta]:
     cfg = settings.schedule
     if cfg.interval_s > 0:
         return {name: timedelta(seconds=cfg.interval_s) for name in TASK_NAMES}
-    return {name: parse_crontab(getattr(cfg, key), f"schedule.{key}", settings.source)
-            for key, name in _SCHEDULE_KEYS.items()}
+    return {
+        name: parse_crontab(getattr(cfg, key), f"schedule.{key}", settings.source)
+        for key, name in _SCHEDULE_KEYS.items()
+    }
 
 
 def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:

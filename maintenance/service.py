@@ -29,13 +29,25 @@ from maintenance.monitor.snapshot import SnapshotReader
 from maintenance.scan.reconciler import Reconciler
 from maintenance.services import Adapters, open_adapters, open_history
 
-__all__ = ["Maintenance", "OperatorResult", "Outcome", "RunHistory", "RunMode", "RunOptions",
-           "RunResult"]
+__all__ = [
+    "Maintenance",
+    "OperatorResult",
+    "Outcome",
+    "RunHistory",
+    "RunMode",
+    "RunOptions",
+    "RunResult",
+]
 
 
 class Maintenance:
-    def __init__(self, adapters: Adapters, *, clock: Callable[[], float] = time.time,
-                 sleep: Callable[[float], None] = time.sleep):
+    def __init__(
+        self,
+        adapters: Adapters,
+        *,
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], None] = time.sleep,
+    ):
         self.adapters = adapters
         self.settings = adapters.settings
         self.clock = clock
@@ -43,9 +55,14 @@ class Maintenance:
         self.recorder = RunRecorder(self.settings, adapters.run_lock, adapters.history)
 
     @classmethod
-    def open(cls, settings: Settings, app: Celery | None = None, *,
-             clock: Callable[[], float] = time.time,
-             sleep: Callable[[float], None] = time.sleep) -> Maintenance:
+    def open(
+        cls,
+        settings: Settings,
+        app: Celery | None = None,
+        *,
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> Maintenance:
         """Connect (Redis, the database) for these settings; `close` releases it all."""
         return cls(open_adapters(settings, app, clock=clock), clock=clock, sleep=sleep)
 
@@ -59,19 +76,27 @@ class Maintenance:
         self.close()
 
     # -- reading ------------------------------------------------------------------------------
-    def scan(self, only: str | None = None, *, results: bool = True,
-             progress: Progress | None = None, record_as: str | None = None) -> ScanReport:
+    def scan(
+        self,
+        only: str | None = None,
+        *,
+        results: bool = True,
+        progress: Progress | None = None,
+        record_as: str | None = None,
+    ) -> ScanReport:
         """Read-only for the app's state. A whole scan (no `only`, results read) given a
         `record_as` source saves the summary `monitor` shows: the one place that rule lives."""
         a = self.adapters
-        report = Reconciler(self.settings, a.reader, a.db, a.workers, progress=progress,
-                            clock=self.clock).scan(only=only, results=results)
+        report = Reconciler(
+            self.settings, a.reader, a.db, a.workers, progress=progress, clock=self.clock
+        ).scan(only=only, results=results)
         if record_as is not None and only is None and results:
             a.summaries.save_report(report, record_as)
         return report
 
-    def check(self, only: str | None = None, *, results: bool = True,
-              progress: Progress | None = None) -> ScanReport:
+    def check(
+        self, only: str | None = None, *, results: bool = True, progress: Progress | None = None
+    ) -> ScanReport:
         """`task-cleanup check`: a scan whose summary `monitor` shows."""
         return self.scan(only, results=results, progress=progress, record_as="check")
 
@@ -81,14 +106,20 @@ class Maintenance:
         maybe_alert(self.settings, report, Outcome.OK)
         return report
 
-    def snapshots(self, *, workers: bool = True, ping_timeout_s: float,
-                  workers_every_s: float) -> SnapshotReader:
+    def snapshots(
+        self, *, workers: bool = True, ping_timeout_s: float, workers_every_s: float
+    ) -> SnapshotReader:
         """The monitor's cheap reads; the worker ping waits at most `ping_timeout_s`."""
         a = self.adapters
         control = a.workers.with_timeout(min(ping_timeout_s, self.settings.scan.inspect_timeout_s))
-        return SnapshotReader(a.live_state, self.settings.scan.queues,
-                              control if workers else None, a.history_totals(),
-                              workers_every_s=workers_every_s, clock=self.clock)
+        return SnapshotReader(
+            a.live_state,
+            self.settings.scan.queues,
+            control if workers else None,
+            a.history_totals(),
+            workers_every_s=workers_every_s,
+            clock=self.clock,
+        )
 
     def active_rows(self) -> Iterator[dict[str, Any]]:
         """Rows in a "still to run" status, streamed from the database."""
@@ -102,13 +133,13 @@ class Maintenance:
             for band, key in a.layout.queue_keys(queue):
                 for start, chunk in a.reader.iter_list(key):
                     for offset, raw in enumerate(chunk):
-                        loc = Location(Where.QUEUE, queue=queue, priority=band, key=key,
-                                       index=start + offset)
+                        loc = Location(
+                            Where.QUEUE, queue=queue, priority=band, key=key, index=start + offset
+                        )
                         yield parse_list_element(raw, loc, bindings)
         for entries in a.reader.iter_unacked():
             for entry in entries:
-                loc = Location(Where.UNACKED, key=a.layout.unacked,
-                               delivery_tag=entry.delivery_tag)
+                loc = Location(Where.UNACKED, key=a.layout.unacked, delivery_tag=entry.delivery_tag)
                 yield parse_unacked_entry(entry.raw, loc, bindings)
 
     # -- acting: every operation runs under the run recorder ----------------------------------
@@ -120,12 +151,14 @@ class Maintenance:
         """Stale results and lost rows, then the quarantine past retention and reply lists."""
         return cleanup_expired(self.adapters, self._cleanup_run(None), options)
 
-    def revoke(self, task_ids: Sequence[str], *, force: bool = False,
-               started_by: str = "api") -> OperatorResult:
+    def revoke(
+        self, task_ids: Sequence[str], *, force: bool = False, started_by: str = "api"
+    ) -> OperatorResult:
         return self._operator().revoke(task_ids, force=force, started_by=started_by)
 
-    def restore(self, task_ids: Sequence[str] | None = None, *,
-                started_by: str = "api") -> OperatorResult:
+    def restore(
+        self, task_ids: Sequence[str] | None = None, *, started_by: str = "api"
+    ) -> OperatorResult:
         """Put quarantined messages back (all of them when `task_ids` is None)."""
         return self._operator().restore(task_ids, started_by=started_by)
 
@@ -134,12 +167,22 @@ class Maintenance:
         def scan(results: bool, record_as: str | None) -> ScanReport:
             return self.scan(results=results, progress=progress, record_as=record_as)
 
-        return CleanupRun(self.adapters, scan, self.recorder, progress=progress,
-                          clock=self.clock, sleep=self.sleep)
+        return CleanupRun(
+            self.adapters,
+            scan,
+            self.recorder,
+            progress=progress,
+            clock=self.clock,
+            sleep=self.sleep,
+        )
 
     def _operator(self) -> OperatorActions:
-        return OperatorActions(self.adapters, lambda task_id: self.scan(task_id, results=False),
-                               self.recorder, clock=self.clock)
+        return OperatorActions(
+            self.adapters,
+            lambda task_id: self.scan(task_id, results=False),
+            self.recorder,
+            clock=self.clock,
+        )
 
 
 class RunHistory:

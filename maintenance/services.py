@@ -64,13 +64,17 @@ class Adapters:
         _close_all(self._closers)
 
 
-def open_adapters(settings: Settings, app: Celery | None = None, *,
-                  clock: Callable[[], float] = time.time) -> Adapters:
+def open_adapters(
+    settings: Settings, app: Celery | None = None, *, clock: Callable[[], float] = time.time
+) -> Adapters:
     """Connect to Redis the way kombu and Celery would for the same settings."""
     app = app or build_celery_app(settings)
     if not settings.redis.broker_url.startswith(REDIS_SCHEMES):
-        raise ConfigError("must be a redis://, rediss://, unix:// or sentinel:// URL",
-                          key="redis.broker_url", source=settings.source)
+        raise ConfigError(
+            "must be a redis://, rediss://, unix:// or sentinel:// URL",
+            key="redis.broker_url",
+            source=settings.source,
+        )
     closers: list[Any] = []
     try:
         return _connect(settings, app, closers, clock)
@@ -91,8 +95,9 @@ def _close_all(closers: list[Any]) -> None:
             closer()
 
 
-def _connect(settings: Settings, app: Celery, closers: list[Any],
-             clock: Callable[[], float]) -> Adapters:
+def _connect(
+    settings: Settings, app: Celery, closers: list[Any], clock: Callable[[], float]
+) -> Adapters:
     with _url_errors("redis.broker_url", settings), broker_errors("connecting to the broker"):
         connection = app.connection_for_read()
         closers.append(connection.release)
@@ -101,8 +106,9 @@ def _connect(settings: Settings, app: Celery, closers: list[Any],
         # A plain client over kombu's own pool: same URL handling (TLS, sockets, sentinel),
         # and key names that we prefix ourselves from the layout.
         broker = redis.Redis(connection_pool=channel.pool)
-    results_key = "redis.result_backend_url" if settings.redis.result_backend_url else (
-        "redis.broker_url")
+    results_key = (
+        "redis.result_backend_url" if settings.redis.result_backend_url else ("redis.broker_url")
+    )
     with _url_errors(results_key, settings), broker_errors("connecting to the result backend"):
         backend = app.backend
         results = backend.client
@@ -113,24 +119,37 @@ def _connect(settings: Settings, app: Celery, closers: list[Any],
     own_keys = OwnKeys(settings.cleanup.key_prefix)
     summaries = ScanSummaryStore(broker, own_keys)
     return Adapters(
-        settings=settings, app=app, layout=layout, db=db,
-        reader=RedisReader(broker, layout, results, result_layout,
-                           chunk_size=settings.redis.chunk_size,
-                           depth=settings.redis.pipeline_depth),
+        settings=settings,
+        app=app,
+        layout=layout,
+        db=db,
+        reader=RedisReader(
+            broker,
+            layout,
+            results,
+            result_layout,
+            chunk_size=settings.redis.chunk_size,
+            depth=settings.redis.pipeline_depth,
+        ),
         workers=WorkerControl(app, timeout_s=settings.scan.inspect_timeout_s),
         quarantine=Quarantine(broker, layout, own_keys, clock),
         results=ResultWriter(backend, results, result_layout),
         history=HistoryStore(engine, clock=clock),
         stuck_rows=StuckRows(db),
         summaries=summaries,
-        run_lock=RunLock(broker, own_keys, ttl_s=settings.cleanup.lock_ttl_s,
-                         wait_s=settings.cleanup.lock_wait_s),
+        run_lock=RunLock(
+            broker, own_keys, ttl_s=settings.cleanup.lock_ttl_s, wait_s=settings.cleanup.lock_wait_s
+        ),
         producer=TaskProducer(app),
-        reply_lists=ReplyListSweeper(broker, layout,
-                                     app.control.mailbox.reply_exchange.name,
-                                     chunk_size=settings.redis.chunk_size),
+        reply_lists=ReplyListSweeper(
+            broker,
+            layout,
+            app.control.mailbox.reply_exchange.name,
+            chunk_size=settings.redis.chunk_size,
+        ),
         live_state=LiveStateReader(broker, layout, own_keys, summaries),
-        _closers=closers)
+        _closers=closers,
+    )
 
 
 @contextmanager

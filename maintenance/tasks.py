@@ -53,14 +53,20 @@ class Deadline:
         return time.monotonic() >= self.started + self.soft_limit_s - self.margin_s
 
 
-def run_maintenance(task: Task, settings: Settings, mode: RunMode, started_by: str,
-                    body: Body) -> dict[str, Any]:
+def run_maintenance(
+    task: Task, settings: Settings, mode: RunMode, started_by: str, body: Body
+) -> dict[str, Any]:
     """Open the service, run `body`, close; map the expected refusals to a summary, not a
     failure."""
-    deadline = Deadline(time.monotonic(), float(task.soft_time_limit or settings.schedule
-                                                .soft_time_limit_s))
-    options = RunOptions(mode=mode, started_by=f"{started_by} via {task.request.hostname}",
-                         should_stop=deadline.near, interrupted_by=(SoftTimeLimitExceeded,))
+    deadline = Deadline(
+        time.monotonic(), float(task.soft_time_limit or settings.schedule.soft_time_limit_s)
+    )
+    options = RunOptions(
+        mode=mode,
+        started_by=f"{started_by} via {task.request.hostname}",
+        should_stop=deadline.near,
+        interrupted_by=(SoftTimeLimitExceeded,),
+    )
     with structlog.contextvars.bound_contextvars(maintenance_task_id=task.request.id, task=mode):
         maintenance = Maintenance.open(settings, app=task.app)
         try:
@@ -71,8 +77,10 @@ def run_maintenance(task: Task, settings: Settings, mode: RunMode, started_by: s
             log.error("maintenance run refused by the circuit breaker", reason=str(exc))
             return {"outcome": Outcome.REFUSED, "reason": str(exc)}
         except SoftTimeLimitExceeded:
-            log.warning("maintenance run stopped at the soft time limit; recorded as partial",
-                        soft_limit_s=deadline.soft_limit_s)
+            log.warning(
+                "maintenance run stopped at the soft time limit; recorded as partial",
+                soft_limit_s=deadline.soft_limit_s,
+            )
             return {"outcome": Outcome.PARTIAL, "reason": "soft time limit exceeded"}
         finally:
             maintenance.close()
@@ -88,8 +96,12 @@ def _lock_held(task: Task, settings: Settings, exc: LockHeld) -> dict[str, Any]:
     """
     max_retries = max(1, settings.schedule.time_limit_s // LOCK_RETRY_S)
     if settings.schedule.interval_s <= 0 and task.request.retries < max_retries:
-        log.info("another maintenance run holds the lock: retrying later", reason=str(exc),
-                 countdown_s=LOCK_RETRY_S, attempt=task.request.retries + 1)
+        log.info(
+            "another maintenance run holds the lock: retrying later",
+            reason=str(exc),
+            countdown_s=LOCK_RETRY_S,
+            attempt=task.request.retries + 1,
+        )
         raise task.retry(countdown=LOCK_RETRY_S, max_retries=max_retries)
     log.info("maintenance run skipped: another run holds the lock", reason=str(exc))
     return {"outcome": Outcome.SKIPPED, "reason": str(exc)}
@@ -97,8 +109,9 @@ def _lock_held(task: Task, settings: Settings, exc: LockHeld) -> dict[str, Any]:
 
 def scan_orphans_body(maintenance: Maintenance, options: RunOptions) -> dict[str, Any]:
     """Orphans only; results are not scanned, the nightly expiry run reads them."""
-    options = dataclasses.replace(options, kinds=frozenset({FindingKind.ORPHAN}),
-                                  scan_results=False)
+    options = dataclasses.replace(
+        options, kinds=frozenset({FindingKind.ORPHAN}), scan_results=False
+    )
     return maintenance.cleanup(options).summary()
 
 
@@ -120,13 +133,13 @@ def register_tasks(app: Celery, settings: Settings) -> dict[str, Task]:
 
     @app.task(name=SCAN_ORPHANS, **common)
     def scan_orphans(self: Task, started_by: str = "celery") -> dict[str, Any]:
-        return run_maintenance(self, settings, RunMode.SCAN_ORPHANS, started_by,
-                               scan_orphans_body)
+        return run_maintenance(self, settings, RunMode.SCAN_ORPHANS, started_by, scan_orphans_body)
 
     @app.task(name=CLEANUP_EXPIRED_TASKS, **common)
     def cleanup_expired_tasks(self: Task, started_by: str = "celery") -> dict[str, Any]:
-        return run_maintenance(self, settings, RunMode.CLEANUP_EXPIRED_TASKS, started_by,
-                               cleanup_expired_body)
+        return run_maintenance(
+            self, settings, RunMode.CLEANUP_EXPIRED_TASKS, started_by, cleanup_expired_body
+        )
 
     routes = app.conf.task_routes
     if routes is None or isinstance(routes, Mapping):

@@ -43,6 +43,9 @@ tasks = register_tasks(app, settings)
 def _setup_logging(loglevel: int | str | None = None, **_: Any) -> None:
     """Files at the configured level; the console at the `-l` level given to celery."""
     console = logging.getLevelName(loglevel) if isinstance(loglevel, int) else loglevel
-    configure_logging(settings.logging.dir, settings.logging.level,
-                      console_level=str(console or settings.logging.level).upper(),
-                      extra_files={"celery": WORKER_LOG, "": APP_LOG})
+    configure_logging(
+        settings.logging.dir,
+        settings.logging.level,
+        console_level=str(console or settings.logging.level).upper(),
+        extra_files={"celery": WORKER_LOG, "": APP_LOG},
+    )

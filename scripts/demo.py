@@ -94,12 +94,19 @@ class Processes:
 
     def start(self, name: str, args: list[str], ready: str, out: Path) -> None:
         with out.open("ab") as sink:
-            proc = subprocess.Popen([sys.executable, "-m", "celery", *args], cwd=ROOT,
-                                    env=self.env, stdout=sink, stderr=subprocess.STDOUT,
-                                    start_new_session=True)
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "celery", *args],
+                cwd=ROOT,
+                env=self.env,
+                stdout=sink,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         self.running.append((name, proc))
-        wait_for(f"{name} to start (see {out})",
-                 lambda: ready in out.read_text(errors="replace") or proc.poll() is not None)
+        wait_for(
+            f"{name} to start (see {out})",
+            lambda: ready in out.read_text(errors="replace") or proc.poll() is not None,
+        )
         if proc.poll() is not None:
             raise RuntimeError(f"{name} exited: see {out}")
         print(f"{name} started (pid {proc.pid})", flush=True)
@@ -120,8 +127,13 @@ class Processes:
 
 def cli(config: Path, *args: str) -> int:
     """`task-cleanup --config CONFIG ARGS`, its output shown as is."""
-    done = subprocess.run([sys.executable, "-m", "maintenance.cli.main", "--config", str(config),
-                           *args], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "maintenance.cli.main", "--config", str(config), *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     print(done.stdout.rstrip() or done.stderr.rstrip(), flush=True)
     return done.returncode
 
@@ -135,8 +147,11 @@ def statuses(engine: sa.Engine) -> dict[str, int]:
 def scan_run(engine: sa.Engine) -> dict[str, Any] | None:
     """The first finished scan_orphans run that removed something, if any yet."""
     for run in HistoryStore(engine).recent_runs(limit=50):
-        if (run["mode"] == "scan_orphans" and run["finished_at"]
-                and run["counts"].get("done", {}).get("quarantined")):
+        if (
+            run["mode"] == "scan_orphans"
+            and run["finished_at"]
+            and run["counts"].get("done", {}).get("quarantined")
+        ):
             return run
     return None
 
@@ -159,16 +174,34 @@ def story(redis_url: str, database_url: str, procs: Processes) -> int:
     print(f"(exit code {code}: 1 means inconsistencies found)")
 
     step("The maintenance worker and Beat (schedule brought forward to every 4 s)")
-    procs.start("maintenance worker", ["-A", "maintenance.worker", "worker", "-Q", "maintenance",
-                                       "-n", "maintenance-demo@%h", "-c", "1", "-l", "INFO",
-                                       "--without-gossip", "--without-mingle"],
-                "ready.", WORK / "maintenance-worker.out")
-    procs.start("maintenance beat", ["-A", "maintenance.worker", "beat", "-l", "INFO", "-s",
-                                     str(WORK / "celerybeat-schedule")],
-                "beat: Starting", WORK / "maintenance-beat.out")
+    procs.start(
+        "maintenance worker",
+        [
+            "-A",
+            "maintenance.worker",
+            "worker",
+            "-Q",
+            "maintenance",
+            "-n",
+            "maintenance-demo@%h",
+            "-c",
+            "1",
+            "-l",
+            "INFO",
+            "--without-gossip",
+            "--without-mingle",
+        ],
+        "ready.",
+        WORK / "maintenance-worker.out",
+    )
+    procs.start(
+        "maintenance beat",
+        ["-A", "maintenance.worker", "beat", "-l", "INFO", "-s", str(WORK / "celerybeat-schedule")],
+        "beat: Starting",
+        WORK / "maintenance-beat.out",
+    )
     run = wait_for("Beat's scan_orphans run to clean the orphans", lambda: scan_run(engine))
-    print(f"run {run['id']} by {run['started_by']}: "
-          f"{run['outcome']}, done {run['counts']['done']}")
+    print(f"run {run['id']} by {run['started_by']}: {run['outcome']}, done {run['counts']['done']}")
     procs.stop("maintenance beat")
     procs.stop("maintenance worker")
     step("task-cleanup history, then check again")
@@ -178,10 +211,28 @@ def story(redis_url: str, database_url: str, procs: Processes) -> int:
 
     step("The demo app's worker starts: only live tasks are left to run")
     worker_log = WORK / "demo-worker.log"
-    procs.start("demo worker", ["-A", "examples.demo.app", "worker", "-Q",
-                                "video_processing,celery", "-n", "demo@%h", "-c", "2", "-l",
-                                "INFO", "--without-gossip", "--without-mingle", "-f",
-                                str(worker_log)], "ready.", worker_log)
+    procs.start(
+        "demo worker",
+        [
+            "-A",
+            "examples.demo.app",
+            "worker",
+            "-Q",
+            "video_processing,celery",
+            "-n",
+            "demo@%h",
+            "-c",
+            "2",
+            "-l",
+            "INFO",
+            "--without-gossip",
+            "--without-mingle",
+            "-f",
+            str(worker_log),
+        ],
+        "ready.",
+        worker_log,
+    )
     wait_for("the live tasks to finish", lambda: statuses(engine) == {"done": ROWS - DELETED})
     time.sleep(1.0)  # anything left to run would be picked up by now
     procs.stop("demo worker")
@@ -191,14 +242,19 @@ def story(redis_url: str, database_url: str, procs: Processes) -> int:
 
     step("Summary")
     print(f"rows deleted by hand:            {DELETED} (their messages: orphans)")
-    print(f"orphans quarantined by the run:  {run['counts']['done'].get('quarantined', 0)} "
-          "(restorable with `task-cleanup restore` for 7 days)")
+    print(
+        f"orphans quarantined by the run:  {run['counts']['done'].get('quarantined', 0)} "
+        "(restorable with `task-cleanup restore` for 7 days)"
+    )
     print(f"live tasks run by the demo app:  {succeeded} of {ROWS - DELETED}")
     print(f"'does not exist' errors:         {errors}")
     print(f"logs: {logs.relative_to(ROOT)}/task_cleanup.log (JSON), celery_worker.log, app.log")
     ok = errors == 0 and succeeded == ROWS - DELETED
-    print("\nOK: the orphans were cleaned before any worker ran them." if ok
-          else "\nFAILED: see the logs above.")
+    print(
+        "\nOK: the orphans were cleaned before any worker ran them."
+        if ok
+        else "\nFAILED: see the logs above."
+    )
     engine.dispose()
     return 0 if ok else 1
 
@@ -209,10 +265,15 @@ def main() -> int:
     step("Starting a local Redis and PostgreSQL under .demo/")
     redis_server = RedisServer(free_port(), WORK / "redis").start()
     pg_server = PostgresServer(free_port(), WORK / "pg").start()
-    env = {k: v for k, v in os.environ.items() if k not in ("RESULT_BACKEND_URL",
-                                                             "MAINTENANCE_CONFIG")}
-    env.update(REDIS_URL=f"{redis_server.url}/0", DATABASE_URL=pg_server.url,
-               MAINTENANCE_CONFIG=str(WORK / "maintenance.toml"), C_FORCE_ROOT="1")
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("RESULT_BACKEND_URL", "MAINTENANCE_CONFIG")
+    }
+    env.update(
+        REDIS_URL=f"{redis_server.url}/0",
+        DATABASE_URL=pg_server.url,
+        MAINTENANCE_CONFIG=str(WORK / "maintenance.toml"),
+        C_FORCE_ROOT="1",
+    )
     os.environ.update({k: env[k] for k in ("REDIS_URL", "DATABASE_URL")})
     procs = Processes(env)
     try:

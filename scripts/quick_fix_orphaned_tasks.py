@@ -19,8 +19,8 @@ def _argv(args: list[str]) -> list[str]:
     for option in ("--config", "--log-level"):
         if option in rest:
             i = rest.index(option)
-            head += rest[i:i + 2]
-            del rest[i:i + 2]
+            head += rest[i : i + 2]
+            del rest[i : i + 2]
     return [*head, "quick-fix", *rest]
 
 

@@ -16,10 +16,11 @@ from examples.demo.schema import sub_tasks, tasks
 
 app = Celery("demo", set_as_current=False)
 app.conf.update(
-    broker_url=os.environ.get("DEMO_BROKER_URL") or os.environ.get("REDIS_URL",
-                                                                   "redis://127.0.0.1:6379/0"),
-    result_backend=os.environ.get("DEMO_RESULT_URL") or os.environ.get(
-        "RESULT_BACKEND_URL") or os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"),
+    broker_url=os.environ.get("DEMO_BROKER_URL")
+    or os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"),
+    result_backend=os.environ.get("DEMO_RESULT_URL")
+    or os.environ.get("RESULT_BACKEND_URL")
+    or os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"),
     task_serializer=os.environ.get("DEMO_SERIALIZER", "json"),
     accept_content=["json", "pickle"],
     result_extended=True,
@@ -43,8 +44,9 @@ def engine() -> sa.Engine:
 
 def _touch(table: sa.Table, row_id: str, status: str) -> int:
     with engine().begin() as conn:
-        return conn.execute(sa.update(table).where(table.c.id == row_id)
-                            .values(status=status)).rowcount
+        return conn.execute(
+            sa.update(table).where(table.c.id == row_id).values(status=status)
+        ).rowcount
 
 
 @app.task(name="demo.process_video", bind=True)

@@ -10,7 +10,8 @@ import sqlalchemy as sa
 metadata = sa.MetaData()
 
 tasks = sa.Table(
-    "tasks", metadata,
+    "tasks",
+    metadata,
     sa.Column("id", sa.String(36), primary_key=True),
     sa.Column("status", sa.String(20), nullable=False, index=True),
     sa.Column("updated_at", sa.DateTime(timezone=False), nullable=False),
@@ -19,7 +20,8 @@ tasks = sa.Table(
 )
 
 sub_tasks = sa.Table(
-    "sub_tasks", metadata,
+    "sub_tasks",
+    metadata,
     sa.Column("id", sa.String(36), primary_key=True),
     sa.Column("task_id", sa.String(36), nullable=False, index=True),
     sa.Column("status", sa.String(20), nullable=False),

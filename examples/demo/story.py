@@ -38,21 +38,26 @@ def enqueue_and_delete(engine: sa.Engine, producer: Celery, rows: int, delete: i
     """Rows committed, then their messages sent, then `delete` rows removed by an operator."""
     ids = [new_id() for _ in range(rows)]
     with engine.begin() as conn:
-        conn.execute(sa.insert(tasks), [{"id": i, "status": "queued", "updated_at": utcnow(),
-                                         "title": f"video {n}"} for n, i in enumerate(ids)])
+        conn.execute(
+            sa.insert(tasks),
+            [
+                {"id": i, "status": "queued", "updated_at": utcnow(), "title": f"video {n}"}
+                for n, i in enumerate(ids)
+            ],
+        )
     sent = {i: producer.send_task("demo.process_video", args=[i], queue=QUEUE).id for i in ids}
     with engine.begin() as conn:
         for i in ids:
-            conn.execute(sa.update(tasks).where(tasks.c.id == i)
-                         .values(celery_task_id=sent[i]))
+            conn.execute(sa.update(tasks).where(tasks.c.id == i).values(celery_task_id=sent[i]))
     gone = ids[:delete]
     with engine.begin() as conn:  # the seed's mistake: rows deleted directly in the database
         conn.execute(sa.delete(tasks).where(tasks.c.id.in_(gone)))
     return Story(live={i: sent[i] for i in ids[delete:]}, deleted={i: sent[i] for i in gone})
 
 
-def run_scan_now(app: Celery, queue: str = "maintenance", timeout_s: float = 600.0
-                 ) -> dict[str, Any]:
+def run_scan_now(
+    app: Celery, queue: str = "maintenance", timeout_s: float = 600.0
+) -> dict[str, Any]:
     """What Beat does at 02:00, on demand: send the task by its stable name and wait."""
     result = app.send_task(SCAN_ORPHANS, kwargs={"started_by": "demo"}, queue=queue)
     summary: dict[str, Any] = result.get(timeout=timeout_s)
@@ -71,8 +76,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     engine = sa.create_engine(os.environ["DATABASE_URL"], pool_pre_ping=True)
     create_schema(engine)
     story = enqueue_and_delete(engine, app, args.rows, args.delete)
-    print(f"enqueued {args.rows} demo.process_video messages; deleted {len(story.deleted)} rows "
-          "by hand (their messages are now orphans)", flush=True)
+    print(
+        f"enqueued {args.rows} demo.process_video messages; deleted {len(story.deleted)} rows "
+        "by hand (their messages are now orphans)",
+        flush=True,
+    )
     if args.scan:
         print(json.dumps(run_scan_now(app), indent=2), flush=True)
     engine.dispose()

@@ -32,16 +32,32 @@ LOGGED_IDS_MAX = 20  # task ids named in each step's log line
 
 
 def _record(action: str, findings: Sequence[Finding]) -> list[ActionRecord]:
-    return [ActionRecord(action=action, kind=f.kind.value, reason=f.reason.value,
-                         task_id=f.task_id or "", task_name=f.task_name, db_id=f.db_id,
-                         location=f.location.describe()) for f in findings]
+    return [
+        ActionRecord(
+            action=action,
+            kind=f.kind.value,
+            reason=f.reason.value,
+            task_id=f.task_id or "",
+            task_name=f.task_name,
+            db_id=f.db_id,
+            location=f.location.describe(),
+        )
+        for f in findings
+    ]
 
 
 class Applier:
-    def __init__(self, adapters: Adapters, run_id: str, record: Record, *,
-                 done: Counter[str] | None = None,
-                 should_stop: Callable[[], bool] = lambda: False,
-                 progress: Progress | None = None, clock: Callable[[], float] = time.time):
+    def __init__(
+        self,
+        adapters: Adapters,
+        run_id: str,
+        record: Record,
+        *,
+        done: Counter[str] | None = None,
+        should_stop: Callable[[], bool] = lambda: False,
+        progress: Progress | None = None,
+        clock: Callable[[], float] = time.time,
+    ):
         self.adapters = adapters
         self.progress = progress or (lambda phase, done, total: None)
         self.settings = adapters.settings
@@ -77,9 +93,18 @@ class Applier:
 
     def _meta(self, f: Finding, origin: str) -> dict[str, Any]:
         loc = f.location
-        return {"origin": origin, "key": loc.key, "queue": loc.queue, "priority": loc.priority,
-                "task_id": f.task_id, "task_name": f.task_name, "db_id": f.db_id,
-                "reason": f.reason.value, "run_id": self.run_id, "quarantined_at": self.clock()}
+        return {
+            "origin": origin,
+            "key": loc.key,
+            "queue": loc.queue,
+            "priority": loc.priority,
+            "task_id": f.task_id,
+            "task_name": f.task_name,
+            "db_id": f.db_id,
+            "reason": f.reason.value,
+            "run_id": self.run_id,
+            "quarantined_at": self.clock(),
+        }
 
     def _quarantine_queued(self, findings: list[Finding]) -> None:
         by_key: dict[str, list[Finding]] = defaultdict(list)
@@ -97,10 +122,11 @@ class Applier:
             books = _Overlapped(self._book_quarantined, final=self._write_revoked_states)
             try:
                 for taken, missing in self.quarantine.take_from_list(
-                        key, group, tombstone, lambda f: self._meta(f, "queue")):
+                    key, group, tombstone, lambda f: self._meta(f, "queue")
+                ):
                     placed += len(taken)
                     seen += len(taken) + len(missing)
-                    first_ids += [f.task_id for f in taken[:LOGGED_IDS_MAX - len(first_ids)]]
+                    first_ids += [f.task_id for f in taken[: LOGGED_IDS_MAX - len(first_ids)]]
                     books.submit(taken, missing)  # raises the previous batch's error, if any
                     self.progress(f"quarantine {key}", seen, len(group))
                 books.finish()
@@ -137,12 +163,14 @@ class Applier:
         self._book_quarantined(taken, missing)
         self._write_revoked_states()
         if taken:
-            log.info("🧹 quarantined orphans", count=len(taken),
-                     task_ids=[f.task_id for f in taken[:LOGGED_IDS_MAX]])
+            log.info(
+                "🧹 quarantined orphans",
+                count=len(taken),
+                task_ids=[f.task_id for f in taken[:LOGGED_IDS_MAX]],
+            )
 
     def _quarantine_unacked(self, findings: list[Finding]) -> None:
-        taken, missing = self.quarantine.take_unacked(findings,
-                                                      lambda f: self._meta(f, "unacked"))
+        taken, missing = self.quarantine.take_unacked(findings, lambda f: self._meta(f, "unacked"))
         self._after_quarantine(taken, missing)
 
     def _revoke(self, findings: list[Finding]) -> None:
@@ -155,7 +183,7 @@ class Applier:
 
     def _delete_results(self, findings: list[Finding]) -> None:
         for start in range(0, len(findings), 10_000):
-            chunk = findings[start:start + 10_000]
+            chunk = findings[start : start + 10_000]
             self.done["results_deleted"] += self.results.unlink(f.location.key for f in chunk)
             self.record(_record("result_deleted", chunk))
         log.info("🧹 stale results deleted", count=self.done["results_deleted"])
@@ -164,7 +192,8 @@ class Applier:
         cleanup, scan = self.settings.cleanup, self.settings.scan
         ids = [f.db_id for f in findings if f.db_id]
         marked = self.adapters.stuck_rows.mark_failed(
-            ids, cleanup.failed_status, scan.stuck_after_h * 3600, self.clock())
+            ids, cleanup.failed_status, scan.stuck_after_h * 3600, self.clock()
+        )
         self.done["rows_marked"] += marked
         self.record(_record("marked_failed", findings))
         log.info("🧹 lost rows marked failed", count=marked, status=cleanup.failed_status)
@@ -187,8 +216,11 @@ class _Overlapped:
     at the end, after the last batch, whatever happened (it writes what was deferred).
     """
 
-    def __init__(self, fn: Callable[[list[Finding], list[Finding]], None],
-                 final: Callable[[], None] | None = None):
+    def __init__(
+        self,
+        fn: Callable[[list[Finding], list[Finding]], None],
+        final: Callable[[], None] | None = None,
+    ):
         self.fn = fn
         self.final = final
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bookkeeping")
@@ -196,8 +228,10 @@ class _Overlapped:
 
     def submit(self, taken: list[Finding], missing: list[Finding]) -> None:
         context = contextvars.copy_context()  # the run id bound for log lines, in the thread too
-        previous, self.pending = self.pending, self.pool.submit(context.run, self.fn, taken,
-                                                                missing)
+        previous, self.pending = (
+            self.pending,
+            self.pool.submit(context.run, self.fn, taken, missing),
+        )
         if previous is not None:
             previous.result()
 
@@ -215,5 +249,6 @@ class _Overlapped:
         if errors and not best_effort:
             raise errors[0]
         for error in errors:
-            log.error("could not finish the bookkeeping of the last quarantined batches",
-                      error=str(error))
+            log.error(
+                "could not finish the bookkeeping of the last quarantined batches", error=str(error)
+            )

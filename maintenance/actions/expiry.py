@@ -28,8 +28,7 @@ def reply_idle_s(grace_s: float) -> float:
     return max(grace_s, MIN_REPLY_IDLE_S)
 
 
-def cleanup_expired(adapters: Adapters, cleanup: CleanupRun, options: RunOptions
-                    ) -> dict[str, Any]:
+def cleanup_expired(adapters: Adapters, cleanup: CleanupRun, options: RunOptions) -> dict[str, Any]:
     """One expiry run; returns the summary the Celery task hands back.
 
     The history run comes first and holds the lock: if another run holds it, `LockHeld` propagates
@@ -48,7 +47,11 @@ def cleanup_expired(adapters: Adapters, cleanup: CleanupRun, options: RunOptions
     leftovers = adapters.reply_lists.sweep(reply_idle_s(settings.cleanup.grace_s))
     summary["reply_lists_removed"] = leftovers.removed
     summary["reply_lists_expiring"] = leftovers.expiring
-    log.info("🧹 expired maintenance state removed", run_id=result.run_id,
-             quarantine_purged=summary["quarantine_purged"], reply_lists_removed=leftovers.removed,
-             reply_lists_expiring=leftovers.expiring)
+    log.info(
+        "🧹 expired maintenance state removed",
+        run_id=result.run_id,
+        quarantine_purged=summary["quarantine_purged"],
+        reply_lists_removed=leftovers.removed,
+        reply_lists_expiring=leftovers.expiring,
+    )
     return summary

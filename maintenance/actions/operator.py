@@ -30,40 +30,51 @@ class OperatorResult:
 
 
 class OperatorActions:
-    def __init__(self, adapters: Adapters, scan_one: ScanOne, recorder: RunRecorder, *,
-                 clock: Callable[[], float] = time.time):
+    def __init__(
+        self,
+        adapters: Adapters,
+        scan_one: ScanOne,
+        recorder: RunRecorder,
+        *,
+        clock: Callable[[], float] = time.time,
+    ):
         self.adapters = adapters
         self.scan_one = scan_one
         self.recorder = recorder
         self.clock = clock
 
-    def revoke(self, task_ids: Sequence[str], *, force: bool, started_by: str
-               ) -> OperatorResult:
+    def revoke(self, task_ids: Sequence[str], *, force: bool, started_by: str) -> OperatorResult:
         """Revoke named tasks: refuse one whose row is still to run, unless `force`.
 
         Queued or unacked copies are quarantined (so `restore` can undo it); every id is also
         broadcast to live workers, which is what the operator asked for.
         """
-        policy = policy_for(self.adapters.settings, RunOptions(),
-                            self.adapters.layout.visibility_timeout_s)
+        policy = policy_for(
+            self.adapters.settings, RunOptions(), self.adapters.layout.visibility_timeout_s
+        )
         planned: list[Planned] = []
         details: list[str] = []
         for task_id in task_ids:
             report = self.scan_one(task_id)
             orphans = report.of_kind(FindingKind.ORPHAN)
-            live = report.managed_messages - len(orphans) - len(report.of_kind(
-                FindingKind.UNREADABLE))
+            live = (
+                report.managed_messages - len(orphans) - len(report.of_kind(FindingKind.UNREADABLE))
+            )
             if live > 0 and not force:
-                raise PlanRefused(f"task {task_id} has a message whose row is still to run; "
-                                  "revoke it anyway with --force")
+                raise PlanRefused(
+                    f"task {task_id} has a message whose row is still to run; "
+                    "revoke it anyway with --force"
+                )
             for f in report.findings:
                 if f.kind in (FindingKind.ORPHAN, FindingKind.UNREADABLE) or force:
-                    planned.append(Planned(orphan_action(f, bool(report.workers), self.clock(),
-                                                         policy), f))
+                    planned.append(
+                        Planned(orphan_action(f, bool(report.workers), self.clock(), policy), f)
+                    )
             details.extend(report.notes)
         with self.recorder.run(RunMode.REVOKE, started_by) as run:
-            applier = Applier(self.adapters, run.run_id, run.record, done=run.done,
-                              clock=self.clock)
+            applier = Applier(
+                self.adapters, run.run_id, run.record, done=run.done, clock=self.clock
+            )
             applier.apply(Plan(actions=tuple(planned)))
             found = {p.finding.task_id for p in planned}
             extra = [t for t in task_ids if t not in found]
@@ -86,10 +97,15 @@ class OperatorActions:
                 key = quarantine.put_back(entry)
                 results.forget_revoked(entry.task_id)
                 details.append(f"restored {entry.task_id} to {key!r}")
-                record = ActionRecord("restored", str(entry.meta.get("origin", "queue")),
-                                      str(entry.meta.get("reason", "")), entry.task_id,
-                                      str(entry.meta.get("task_name") or ""),
-                                      entry.meta.get("db_id"), key)
+                record = ActionRecord(
+                    "restored",
+                    str(entry.meta.get("origin", "queue")),
+                    str(entry.meta.get("reason", "")),
+                    entry.task_id,
+                    str(entry.meta.get("task_name") or ""),
+                    entry.meta.get("db_id"),
+                    key,
+                )
                 restored.append(record)
                 run.record([record])
                 run.done["restored"] += 1

@@ -54,8 +54,9 @@ class RunRecorder:
         self.history = history
 
     @contextmanager
-    def run(self, mode: RunMode, started_by: str,
-            interrupted_by: tuple[type[BaseException], ...] = ()) -> Iterator[RecordedRun]:
+    def run(
+        self, mode: RunMode, started_by: str, interrupted_by: tuple[type[BaseException], ...] = ()
+    ) -> Iterator[RecordedRun]:
         """Lock, history row, then the body; the row is finished whatever the body does.
 
         `LockHeld` propagates before anything is recorded. A Redis or database error is
@@ -72,13 +73,17 @@ class RunRecorder:
                 except UnavailableError as exc:
                     self._flush_best_effort(run)
                     self._finish(run, Outcome.FAILED, str(exc), best_effort=True)
-                    log.error("maintenance run failed: nothing further was changed",
-                              error=str(exc), done=dict(run.done))
+                    log.error(
+                        "maintenance run failed: nothing further was changed",
+                        error=str(exc),
+                        done=dict(run.done),
+                    )
                     raise
                 except interrupted_by as exc:
                     self._flush_best_effort(run)
-                    self._finish(run, Outcome.PARTIAL, f"interrupted: {type(exc).__name__}",
-                                 best_effort=True)
+                    self._finish(
+                        run, Outcome.PARTIAL, f"interrupted: {type(exc).__name__}", best_effort=True
+                    )
                     raise
                 except BaseException as exc:
                     self._flush_best_effort(run)
@@ -95,12 +100,14 @@ class RunRecorder:
         except UnavailableError as exc:
             log.error("could not record the last actions in the history", error=str(exc))
 
-    def _finish(self, run: RecordedRun, outcome: Outcome, error: str | None,
-                best_effort: bool = False) -> None:
+    def _finish(
+        self, run: RecordedRun, outcome: Outcome, error: str | None, best_effort: bool = False
+    ) -> None:
         run.end(outcome, error)
         done = dict(run.done)
-        log.info("🧹 maintenance run finished", outcome=outcome, **done, found=run.found,
-                 held=run.held)
+        log.info(
+            "🧹 maintenance run finished", outcome=outcome, **done, found=run.found, held=run.held
+        )
         counts = {"found": run.found, "planned": run.planned, "done": done}
         try:
             self.history.finish_run(run.run_id, outcome, counts, error)
@@ -110,6 +117,14 @@ class RunRecorder:
             log.error("could not record the run's end in the history", error=str(exc))
         finally:
             # After the record, never before: an alert must not delay or fail the run itself.
-            maybe_alert(self.settings, {"counts": run.found, "run_id": run.run_id, "done": done,
-                                        "error": error, "refused": run.refused or None}, outcome)
-
+            maybe_alert(
+                self.settings,
+                {
+                    "counts": run.found,
+                    "run_id": run.run_id,
+                    "done": done,
+                    "error": error,
+                    "refused": run.refused or None,
+                },
+                outcome,
+            )

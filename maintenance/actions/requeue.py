@@ -50,8 +50,9 @@ def requeue_rows(adapters: Adapters, findings: Sequence[Finding], now: float) ->
             log.warning("cannot requeue", db_id=f.db_id, error=str(exc))
             continue
         celery_id = task_id or str(uuid.uuid4())
-        adapters.producer.send(binding.task, args=args, kwargs=kwargs, queue=queue,
-                               task_id=celery_id)
+        adapters.producer.send(
+            binding.task, args=args, kwargs=kwargs, queue=queue, task_id=celery_id
+        )
         sent[f.db_id] = celery_id
         log.info("🧹 lost row requeued", db_id=f.db_id, task=binding.task, task_id=celery_id)
     adapters.stuck_rows.touch(sent, now, sent)

@@ -63,9 +63,15 @@ class RunResult:
     error: str = ""
 
     def summary(self) -> dict[str, Any]:
-        return {"run_id": self.run_id, "outcome": self.outcome, "done": dict(self.done),
-                "planned": self.plan.counts(), "found": self.report.counts(),
-                "refused": self.plan.refused or None, "error": self.error or None}
+        return {
+            "run_id": self.run_id,
+            "outcome": self.outcome,
+            "done": dict(self.done),
+            "planned": self.plan.counts(),
+            "found": self.report.counts(),
+            "refused": self.plan.refused or None,
+            "error": self.error or None,
+        }
 
 
 def policy_for(settings: Settings, options: RunOptions, visibility_timeout_s: float) -> Policy:
@@ -75,13 +81,21 @@ def policy_for(settings: Settings, options: RunOptions, visibility_timeout_s: fl
         max_orphan_ratio=options.max_orphan_ratio or c.max_orphan_ratio,
         max_orphans=c.max_orphans if options.max_orphans is None else options.max_orphans,
         stuck_action=c.stuck_action,
-        visibility_timeout_s=visibility_timeout_s)
+        visibility_timeout_s=visibility_timeout_s,
+    )
 
 
 class CleanupRun:
-    def __init__(self, adapters: Adapters, scan: Scan, recorder: RunRecorder, *,
-                 progress: Progress | None = None, clock: Callable[[], float] = time.time,
-                 sleep: Callable[[float], None] = time.sleep):
+    def __init__(
+        self,
+        adapters: Adapters,
+        scan: Scan,
+        recorder: RunRecorder,
+        *,
+        progress: Progress | None = None,
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], None] = time.sleep,
+    ):
         self.adapters = adapters
         self.settings = adapters.settings
         self.scan = scan
@@ -95,16 +109,16 @@ class CleanupRun:
         if options.dry_run:
             report, plan = self._scan_and_plan(options, policy, recheck_now=True)
             return RunResult("", Outcome.DRY_RUN, plan, report)
-        with self.recorder.run(options.mode, options.started_by,
-                               interrupted_by=options.interrupted_by) as run:
+        with self.recorder.run(
+            options.mode, options.started_by, interrupted_by=options.interrupted_by
+        ) as run:
             report, plan = self._scan_and_plan(options, policy, recheck_now=False)
             run.found, run.planned, run.held = report.counts(), plan.counts(), len(plan.held)
             run.refused = plan.refused
             self._act(run, options, plan, report)
         return RunResult(run.run_id, run.outcome, plan, report, dict(run.done))
 
-    def _act(self, run: RecordedRun, options: RunOptions, plan: Plan,
-             report: ScanReport) -> None:
+    def _act(self, run: RecordedRun, options: RunOptions, plan: Plan, report: ScanReport) -> None:
         if options.should_stop():  # the limit came during the scan or grace wait: act on none
             run.end(Outcome.PARTIAL, "stopped before acting: time limit near")
             return
@@ -114,15 +128,22 @@ class CleanupRun:
         if options.confirm is not None and not options.confirm(plan, report):
             run.end(Outcome.DECLINED)
             return
-        applier = Applier(self.adapters, run.run_id, run.record, done=run.done,
-                          should_stop=options.should_stop, progress=self.progress,
-                          clock=self.clock)
+        applier = Applier(
+            self.adapters,
+            run.run_id,
+            run.record,
+            done=run.done,
+            should_stop=options.should_stop,
+            progress=self.progress,
+            clock=self.clock,
+        )
         applier.apply(plan)
         if applier.stopped_early:
             run.end(Outcome.PARTIAL)
 
-    def _scan_and_plan(self, options: RunOptions, policy: Policy, recheck_now: bool
-                       ) -> tuple[ScanReport, Plan]:
+    def _scan_and_plan(
+        self, options: RunOptions, policy: Policy, recheck_now: bool
+    ) -> tuple[ScanReport, Plan]:
         # A whole scan's summary is what `monitor` shows; a dry run leaves it as it was.
         report = self.scan(options.scan_results, None if options.dry_run else options.mode)
         findings = [f for f in report.findings if f.kind in options.kinds]
@@ -130,19 +151,28 @@ class CleanupRun:
         pending = needs_recheck(findings, policy)
         if pending and not recheck_now:
             recheck = self._recheck(report, pending, policy, options)
-        plan = make_plan(findings, managed_messages=report.managed_messages,
-                         workers_alive=bool(report.workers) or not report.workers_inspected,
-                         now=self.clock(), policy=policy, recheck=recheck)
+        plan = make_plan(
+            findings,
+            managed_messages=report.managed_messages,
+            workers_alive=bool(report.workers) or not report.workers_inspected,
+            now=self.clock(),
+            policy=policy,
+            recheck=recheck,
+        )
         return report, plan
 
-    def _recheck(self, report: ScanReport, pending: list[Finding],
-                 policy: Policy, options: RunOptions) -> Recheck:
+    def _recheck(
+        self, report: ScanReport, pending: list[Finding], policy: Policy, options: RunOptions
+    ) -> Recheck:
         """The second look: a missing row must still be missing `grace_s` after the first."""
         wait_s = max(0.0, report.finished_at + policy.grace_s - self.clock())
         if options.on_wait is not None:
             options.on_wait(wait_s, len(pending))
-        log.info("waiting out the grace period before acting on missing rows",
-                 seconds=round(wait_s, 1), findings=len(pending))
+        log.info(
+            "waiting out the grace period before acting on missing rows",
+            seconds=round(wait_s, 1),
+            findings=len(pending),
+        )
         deadline = self.clock() + wait_s
         while self.clock() < deadline:
             if options.should_stop():
@@ -155,8 +185,10 @@ class CleanupRun:
             still.update(self._orphans_still_bad(orphans))
         if lost:
             ids = self.adapters.stuck_rows.still_stuck(
-                {f.db_id for f in lost if f.db_id}, self.settings.scan.stuck_after_h * 3600,
-                self.clock())
+                {f.db_id for f in lost if f.db_id},
+                self.settings.scan.stuck_after_h * 3600,
+                self.clock(),
+            )
             still.update(recheck_key(f) for f in lost if f.db_id in ids)
         return Recheck(still_bad=frozenset(still), checked_at=self.clock())
 
@@ -165,7 +197,8 @@ class CleanupRun:
         on PostgreSQL only the rows still not live come back from the anti-join."""
         verdicts = self.adapters.db.verdicts(
             {f.db_id for f in orphans if f.db_id and f.row_kind == "task"},
-            {f.db_id for f in orphans if f.db_id and f.row_kind == "sub_task"})
+            {f.db_id for f in orphans if f.db_id and f.row_kind == "sub_task"},
+        )
         still: set[str] = set()
         for f in orphans:
             if f.db_id and f.row_kind and verdicts.fine(f.row_kind, f.db_id):

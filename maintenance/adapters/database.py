@@ -30,21 +30,26 @@ def database_errors(what: str) -> Iterator[None]:
         raise
     except (sa.exc.SQLAlchemyError, OSError) as exc:
         detail = redact_text(str(getattr(exc, "orig", None) or exc)).strip().splitlines()
-        raise DatabaseUnavailable(f"database failed while {what}: "
-                                  f"{detail[0] if detail else type(exc).__name__}") from None
+        raise DatabaseUnavailable(
+            f"database failed while {what}: {detail[0] if detail else type(exc).__name__}"
+        ) from None
 
 
 def create_db_engine(settings: Settings) -> Engine:
     db = settings.database
     kwargs: dict[str, Any] = {"pool_pre_ping": True}
     if db.url.startswith("postgresql"):
-        kwargs.update(pool_size=db.pool_size, max_overflow=db.pool_size,
-                      connect_args={"connect_timeout": int(db.connect_timeout_s)})
+        kwargs.update(
+            pool_size=db.pool_size,
+            max_overflow=db.pool_size,
+            connect_args={"connect_timeout": int(db.connect_timeout_s)},
+        )
     try:
         return sa.create_engine(db.url, **kwargs)
     except (sa.exc.ArgumentError, ImportError, ValueError) as exc:  # ValueError: bad port
-        raise ConfigError(f"invalid database URL: {exc}", key="database.url",
-                          source=settings.source) from None
+        raise ConfigError(
+            f"invalid database URL: {exc}", key="database.url", source=settings.source
+        ) from None
 
 
 class TaskDatabase:
@@ -61,31 +66,50 @@ class TaskDatabase:
         """Reflect the configured tables; a missing table or column is a config error (exit 2)."""
         cfg = self.settings.tasks
         with database_errors("reading the schema"):
-            self._tasks = self._reflect("tasks", cfg.table, cfg.schema, [
-                ("id_column", cfg.id_column), ("status_column", cfg.status_column),
-                ("updated_at_column", cfg.updated_at_column),
-                ("celery_id_column", cfg.celery_id_column)])
+            self._tasks = self._reflect(
+                "tasks",
+                cfg.table,
+                cfg.schema,
+                [
+                    ("id_column", cfg.id_column),
+                    ("status_column", cfg.status_column),
+                    ("updated_at_column", cfg.updated_at_column),
+                    ("celery_id_column", cfg.celery_id_column),
+                ],
+            )
             sub = self.settings.sub_tasks
             if sub.enabled:
-                self._sub_tasks = self._reflect("sub_tasks", sub.table, sub.schema, [
-                    ("id_column", sub.id_column), ("parent_column", sub.parent_column),
-                    ("status_column", sub.status_column)])
+                self._sub_tasks = self._reflect(
+                    "sub_tasks",
+                    sub.table,
+                    sub.schema,
+                    [
+                        ("id_column", sub.id_column),
+                        ("parent_column", sub.parent_column),
+                        ("status_column", sub.status_column),
+                    ],
+                )
 
-    def _reflect(self, section: str, name: str, schema: str,
-                 columns: list[tuple[str, str]]) -> sa.Table:
+    def _reflect(
+        self, section: str, name: str, schema: str, columns: list[tuple[str, str]]
+    ) -> sa.Table:
         source = self.settings.source
         try:
-            table = sa.Table(name, sa.MetaData(), autoload_with=self.engine,
-                             schema=schema or None)
+            table = sa.Table(name, sa.MetaData(), autoload_with=self.engine, schema=schema or None)
         except sa.exc.NoSuchTableError:
-            raise ConfigError(f"table {name!r} does not exist in the database",
-                              key=f"{section}.table", source=source) from None
+            raise ConfigError(
+                f"table {name!r} does not exist in the database",
+                key=f"{section}.table",
+                source=source,
+            ) from None
         for key, column in columns:
             if column and column not in table.c:
                 raise ConfigError(
                     f"column {column!r} does not exist in table {name!r} "
                     f"(columns: {', '.join(table.c.keys())})",
-                    key=f"{section}.{key}", source=source)
+                    key=f"{section}.{key}",
+                    source=source,
+                )
         return table
 
     @property
@@ -100,8 +124,11 @@ class TaskDatabase:
         if self._sub_tasks is None:
             self.validate()
         if self._sub_tasks is None:
-            raise ConfigError("no [sub_tasks] table configured", key="sub_tasks.table",
-                              source=self.settings.source)
+            raise ConfigError(
+                "no [sub_tasks] table configured",
+                key="sub_tasks.table",
+                source=self.settings.source,
+            )
         return self._sub_tasks
 
     # -- look-ups -----------------------------------------------------------------------------
@@ -112,9 +139,14 @@ class TaskDatabase:
             subs: dict[str, RowState] = {}
             if sub_task_ids:
                 sub_cfg = self.settings.sub_tasks
-                subs, bad = self._fetch(conn, self.sub_tasks, sub_cfg.id_column,
-                                        sub_cfg.status_column, sub_task_ids,
-                                        parent_column=sub_cfg.parent_column)
+                subs, bad = self._fetch(
+                    conn,
+                    self.sub_tasks,
+                    sub_cfg.id_column,
+                    sub_cfg.status_column,
+                    sub_task_ids,
+                    parent_column=sub_cfg.parent_column,
+                )
                 invalid |= bad
             parent_ids = {row.parent_id for row in subs.values() if row.parent_id is not None}
             cfg = self.settings.tasks
@@ -126,8 +158,7 @@ class TaskDatabase:
         return Lookup(tasks=tasks, sub_tasks=subs, parents=parents, invalid=frozenset(invalid))
 
     @contextmanager
-    def pinned_verdicts(self) -> Iterator[Callable[[AbstractSet[str], AbstractSet[str]],
-                                                  Verdicts]]:
+    def pinned_verdicts(self) -> Iterator[Callable[[AbstractSet[str], AbstractSet[str]], Verdicts]]:
         """`verdicts` on one connection for a whole scan. A check-out per batch costs a ping and
         a rollback round trip, and in the scan's busy process each round trip also waits for
         the GIL: that made the look-up thread, not PostgreSQL, the bottleneck."""
@@ -139,33 +170,49 @@ class TaskDatabase:
             with suppress(sa.exc.SQLAlchemyError, OSError):  # it may be the connection that broke
                 conn.close()
 
-    def verdicts(self, task_ids: AbstractSet[str], sub_task_ids: AbstractSet[str],
-                 conn: sa.Connection | None = None) -> Verdicts:
+    def verdicts(
+        self,
+        task_ids: AbstractSet[str],
+        sub_task_ids: AbstractSet[str],
+        conn: sa.Connection | None = None,
+    ) -> Verdicts:
         """The scan's batch look-up. On PostgreSQL the task rows come from an anti-join that
         returns only the missing and finished ones: live rows, nearly all of them, never leave
         the database. Sub-task rows and their parents are fetched whole, as in `lookup`."""
         if self.engine.dialect.name != "postgresql":
             return Verdicts.build(task_ids, sub_task_ids, self.lookup(task_ids, sub_task_ids))
-        with database_errors("looking up task rows"), \
-                (nullcontext(conn) if conn is not None else self.engine.connect()) as conn:
+        with (
+            database_errors("looking up task rows"),
+            nullcontext(conn) if conn is not None else self.engine.connect() as conn,
+        ):
             subs: dict[str, RowState] = {}
             parents: dict[str, RowState] = {}
             invalid: set[str] = set()
             cfg, sub_cfg = self.settings.tasks, self.settings.sub_tasks
             if sub_task_ids:
-                subs, invalid = self._fetch(conn, self.sub_tasks, sub_cfg.id_column,
-                                            sub_cfg.status_column, sub_task_ids,
-                                            parent_column=sub_cfg.parent_column)
+                subs, invalid = self._fetch(
+                    conn,
+                    self.sub_tasks,
+                    sub_cfg.id_column,
+                    sub_cfg.status_column,
+                    sub_task_ids,
+                    parent_column=sub_cfg.parent_column,
+                )
                 parent_ids = {row.parent_id for row in subs.values() if row.parent_id is not None}
-                parents, _ = self._fetch(conn, self.tasks, cfg.id_column, cfg.status_column,
-                                         parent_ids)
+                parents, _ = self._fetch(
+                    conn, self.tasks, cfg.id_column, cfg.status_column, parent_ids
+                )
             finished, not_live, bad = self._not_live(conn, task_ids)
-        lookup = Lookup(tasks=finished, sub_tasks=subs, parents=parents,
-                        invalid=frozenset(invalid | bad))
+        lookup = Lookup(
+            tasks=finished, sub_tasks=subs, parents=parents, invalid=frozenset(invalid | bad)
+        )
         return Verdicts.build(task_ids, sub_task_ids, lookup, not_live_tasks=not_live)
 
-    def _not_live(self, conn: sa.Connection, task_ids: Collection[str],
-                  ) -> tuple[dict[str, RowState], set[str], set[str]]:
+    def _not_live(
+        self,
+        conn: sa.Connection,
+        task_ids: Collection[str],
+    ) -> tuple[dict[str, RowState], set[str], set[str]]:
         """(rows of finished tasks, ids whose row is missing or finished, ids that cannot be)."""
         cfg = self.settings.tasks
         table = self.tasks
@@ -178,31 +225,45 @@ class TaskDatabase:
         # One text parameter in array syntax: a list parameter is expanded into an ARRAY[...] of
         # 5000 quoted literals, which costs psycopg2 and PostgreSQL ~7 ms more per batch.
         ids = sa.cast(sa.bindparam("ids", type_=sa.Text()), array_type)
-        wanted = sa.func.unnest(ids).table_valued(
-            sa.column("id", id_col.type)).render_derived(name="wanted")
+        wanted = (
+            sa.func.unnest(ids)
+            .table_valued(sa.column("id", id_col.type))
+            .render_derived(name="wanted")
+        )
         gone: sa.ColumnElement[bool] = id_col.is_(None)
         if cfg.status_column:
             gone = sa.or_(gone, status.is_(None), status.not_in(list(active)))
-        query = (sa.select(wanted.c.id, id_col.is_not(None), status)
-                 .select_from(wanted.outerjoin(table, id_col == wanted.c.id)).where(gone))
+        query = (
+            sa.select(wanted.c.id, id_col.is_not(None), status)
+            .select_from(wanted.outerjoin(table, id_col == wanted.c.id))
+            .where(gone)
+        )
         rows: dict[str, RowState] = {}
         not_live: set[str] = set()
         values = list(by_value)
         batch = self.settings.database.batch_size
         for start in range(0, len(values), batch):
-            chunk = values[start:start + batch]
+            chunk = values[start : start + batch]
             for row_id, found, state in conn.execute(query, {"ids": pg_array_literal(chunk)}):
                 texts = by_value.get(coerce(str(row_id)), ())
                 not_live.update(texts)
                 if found:
-                    row = RowState(active=(state is None and not cfg.status_column)
-                                   or state in active, status="" if state is None else str(state))
+                    row = RowState(
+                        active=(state is None and not cfg.status_column) or state in active,
+                        status="" if state is None else str(state),
+                    )
                     rows.update(dict.fromkeys(texts, row))
         return rows, not_live, invalid
 
-    def _fetch(self, conn: sa.Connection, table: sa.Table, id_column: str, status_column: str,
-               ids: Collection[str], parent_column: str = "",
-               ) -> tuple[dict[str, RowState], set[str]]:
+    def _fetch(
+        self,
+        conn: sa.Connection,
+        table: sa.Table,
+        id_column: str,
+        status_column: str,
+        ids: Collection[str],
+        parent_column: str = "",
+    ) -> tuple[dict[str, RowState], set[str]]:
         id_col = table.c[id_column]
         coerce = IdCoercer.for_column(id_col)
         by_value, invalid = coerce.group(ids)
@@ -214,12 +275,16 @@ class TaskDatabase:
         values = list(by_value)
         batch = self.settings.database.batch_size
         for start in range(0, len(values), batch):
-            query = sa.select(*columns).where(self._id_filter(id_col, values[start:start + batch]))
+            query = sa.select(*columns).where(
+                self._id_filter(id_col, values[start : start + batch])
+            )
             for row_id, status, parent in conn.execute(query):
                 key = coerce(str(row_id))
-                state = RowState(active=(status is None and not status_column) or status in active,
-                                 status="" if status is None else str(status),
-                                 parent_id=None if parent is None else str(parent))
+                state = RowState(
+                    active=(status is None and not status_column) or status in active,
+                    status="" if status is None else str(status),
+                    parent_id=None if parent is None else str(parent),
+                )
                 for text in by_value.get(key, ()):
                     rows[text] = state
         return rows, invalid
@@ -240,29 +305,43 @@ class TaskDatabase:
             return
         yield from self._iter_stuck_table(self.tasks, cfg, "task", older_than_s, now)
 
-    def _iter_stuck_table(self, table: sa.Table, cfg: TaskTableSettings | SubTaskTableSettings,
-                          kind: RowKind, older_than_s: float, now: float
-                          ) -> Iterator[StuckRow]:
+    def _iter_stuck_table(
+        self,
+        table: sa.Table,
+        cfg: TaskTableSettings | SubTaskTableSettings,
+        kind: RowKind,
+        older_than_s: float,
+        now: float,
+    ) -> Iterator[StuckRow]:
         assert isinstance(cfg, TaskTableSettings)
         updated = table.c[cfg.updated_at_column]
         cutoff = _cutoff_for(updated, now - older_than_s)
         celery_col = table.c[cfg.celery_id_column] if cfg.celery_id_column else sa.null()
-        query = (sa.select(table.c[cfg.id_column], table.c[cfg.status_column], updated, celery_col)
-                 .where(table.c[cfg.status_column].in_(list(cfg.active_statuses)))
-                 .where(updated < cutoff)
-                 .execution_options(yield_per=self.settings.database.batch_size))
+        query = (
+            sa.select(table.c[cfg.id_column], table.c[cfg.status_column], updated, celery_col)
+            .where(table.c[cfg.status_column].in_(list(cfg.active_statuses)))
+            .where(updated < cutoff)
+            .execution_options(yield_per=self.settings.database.batch_size)
+        )
         with database_errors("streaming rows still to run"), self.engine.connect() as conn:
             for row_id, status, updated_at, celery_id in conn.execute(query):
-                yield StuckRow(db_id=str(row_id), row_kind=kind, status=str(status),
-                               updated_at=_as_epoch(updated_at),
-                               celery_id=None if celery_id is None else str(celery_id))
+                yield StuckRow(
+                    db_id=str(row_id),
+                    row_kind=kind,
+                    status=str(status),
+                    updated_at=_as_epoch(updated_at),
+                    celery_id=None if celery_id is None else str(celery_id),
+                )
 
     def iter_active_rows(self) -> Iterator[dict[str, Any]]:
         """Every row in a "still to run" status, whole, streamed with a server-side cursor."""
         cfg = self.settings.tasks
         table = self.tasks
-        query = (sa.select(table).where(table.c[cfg.status_column].in_(cfg.active_statuses))
-                 .execution_options(yield_per=self.settings.database.batch_size))
+        query = (
+            sa.select(table)
+            .where(table.c[cfg.status_column].in_(cfg.active_statuses))
+            .execution_options(yield_per=self.settings.database.batch_size)
+        )
         with database_errors("reading active rows"), self.engine.connect() as conn:
             for row in conn.execute(query):
                 yield dict(row._mapping)

@@ -27,12 +27,17 @@ def create_guard_engine(settings: Settings) -> Engine:
     if not db.url.startswith("postgresql"):
         return create_db_engine(settings)
     try:
-        return sa.create_engine(db.url, pool_size=db.pool_size, max_overflow=db.pool_size,
-                                isolation_level="AUTOCOMMIT",
-                                connect_args={"connect_timeout": int(db.connect_timeout_s)})
+        return sa.create_engine(
+            db.url,
+            pool_size=db.pool_size,
+            max_overflow=db.pool_size,
+            isolation_level="AUTOCOMMIT",
+            connect_args={"connect_timeout": int(db.connect_timeout_s)},
+        )
     except (sa.exc.ArgumentError, ImportError) as exc:
-        raise ConfigError(f"invalid database URL: {exc}", key="database.url",
-                          source=settings.source) from None
+        raise ConfigError(
+            f"invalid database URL: {exc}", key="database.url", source=settings.source
+        ) from None
 
 
 class RowReader:
@@ -48,7 +53,8 @@ class RowReader:
         # read as "database unavailable" forever.
         self._task_id = IdCoercer.for_column(task_id)
         self._task_query = sa.select(tasks.c[cfg.status_column]).where(
-            task_id == sa.bindparam("id", type_=task_id.type))
+            task_id == sa.bindparam("id", type_=task_id.type)
+        )
         self._sub_query: sa.Select[Any] | None = None
         sub_cfg = settings.sub_tasks
         if sub_cfg.enabled:
@@ -59,10 +65,12 @@ class RowReader:
             sub_status = subs.c[sub_cfg.status_column] if sub_cfg.status_column else sa.null()
             self._sub_id = IdCoercer.for_column(sub_id)
             self._sub_query = (
-                sa.select(sub_status, parent_ref, parent.c[cfg.id_column],
-                          parent.c[cfg.status_column])
+                sa.select(
+                    sub_status, parent_ref, parent.c[cfg.id_column], parent.c[cfg.status_column]
+                )
                 .select_from(subs.outerjoin(parent, parent.c[cfg.id_column] == parent_ref))
-                .where(sub_id == sa.bindparam("id", type_=sub_id.type)))
+                .where(sub_id == sa.bindparam("id", type_=sub_id.type))
+            )
 
     def read(self, kind: RowKind, db_id: str) -> Rows:
         if kind == "sub_task":
@@ -76,8 +84,9 @@ class RowReader:
 
     def _read_sub_task(self, db_id: str) -> Rows:
         if self._sub_query is None:
-            raise ConfigError("@validate_sub_task_exists needs a [sub_tasks] table",
-                              key="sub_tasks.table")
+            raise ConfigError(
+                "@validate_sub_task_exists needs a [sub_tasks] table", key="sub_tasks.table"
+            )
         value = self._sub_id.param(db_id)
         if value is None:
             return Rows(None)
@@ -86,8 +95,11 @@ class RowReader:
         if row is None:
             return Rows(None)
         status, parent_ref, parent_id, parent_status = row
-        sub = RowState(active=self._sub_active(status), status=as_text(status),
-                       parent_id=None if parent_ref is None else str(parent_ref))
+        sub = RowState(
+            active=self._sub_active(status),
+            status=as_text(status),
+            parent_id=None if parent_ref is None else str(parent_ref),
+        )
         if parent_ref is None:
             return Rows(sub)
         parent = None if parent_id is None else self._state(parent_status)

@@ -30,9 +30,11 @@ class SkipCounter:
         if self._client is not None and self._client[0] == pid:
             return self._client[1]
         try:
-            client = redis.Redis.from_url(self.settings.broker_url,
-                                          socket_timeout=self.settings.socket_timeout_s,
-                                          socket_connect_timeout=self.settings.socket_timeout_s)
+            client = redis.Redis.from_url(
+                self.settings.broker_url,
+                socket_timeout=self.settings.socket_timeout_s,
+                socket_connect_timeout=self.settings.socket_timeout_s,
+            )
         except ValueError as exc:  # a URL redis-py cannot use: not a reason to fail a task
             raise redis.RedisError(f"invalid broker URL: {exc}") from None
         self._client = (pid, client)

@@ -18,7 +18,8 @@ from maintenance.adapters.database import database_errors
 metadata = sa.MetaData()
 
 runs = sa.Table(
-    "maintenance_runs", metadata,
+    "maintenance_runs",
+    metadata,
     sa.Column("id", sa.String(36), primary_key=True),
     sa.Column("started_by", sa.String(200), nullable=False),
     sa.Column("mode", sa.String(40), nullable=False),
@@ -30,7 +31,8 @@ runs = sa.Table(
 )
 
 actions = sa.Table(
-    "maintenance_actions", metadata,
+    "maintenance_actions",
+    metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
     sa.Column("run_id", sa.String(36), nullable=False, index=True),
     sa.Column("at", sa.Float, nullable=False),
@@ -63,8 +65,9 @@ class ActionBuffer:
     run id, so even a killed process leaves every removed message traceable and restorable.
     """
 
-    def __init__(self, store: HistoryStore, run_id: str, max_rows: int = 5000,
-                 max_age_s: float = 2.0):
+    def __init__(
+        self, store: HistoryStore, run_id: str, max_rows: int = 5000, max_age_s: float = 2.0
+    ):
         self.store = store
         self.run_id = run_id
         self.max_rows = max_rows
@@ -105,9 +108,16 @@ class HistoryStore:
         self._ensure()
         run_id = str(uuid.uuid4())
         with database_errors("recording the run start"), self.engine.begin() as conn:
-            conn.execute(sa.insert(runs).values(id=run_id, started_by=started_by, mode=str(mode),
-                                                started_at=self.clock(), outcome="running",
-                                                counts="{}"))
+            conn.execute(
+                sa.insert(runs).values(
+                    id=run_id,
+                    started_by=started_by,
+                    mode=str(mode),
+                    started_at=self.clock(),
+                    outcome="running",
+                    counts="{}",
+                )
+            )
         return run_id
 
     def record_actions(self, run_id: str, records: Iterable[ActionRecord]) -> int:
@@ -123,12 +133,20 @@ class HistoryStore:
                 conn.execute(sa.insert(actions), rows)
         return len(rows)
 
-    def finish_run(self, run_id: str, outcome: str, counts: dict[str, Any],
-                   error: str | None = None) -> None:
+    def finish_run(
+        self, run_id: str, outcome: str, counts: dict[str, Any], error: str | None = None
+    ) -> None:
         with database_errors("recording the run end"), self.engine.begin() as conn:
-            conn.execute(sa.update(runs).where(runs.c.id == run_id).values(
-                finished_at=self.clock(), outcome=str(outcome), counts=json.dumps(counts),
-                error=error))
+            conn.execute(
+                sa.update(runs)
+                .where(runs.c.id == run_id)
+                .values(
+                    finished_at=self.clock(),
+                    outcome=str(outcome),
+                    counts=json.dumps(counts),
+                    error=error,
+                )
+            )
 
     def recent_runs(self, limit: int = 20) -> list[dict[str, Any]]:
         self._ensure()
@@ -141,8 +159,9 @@ class HistoryStore:
 
     def actions_of(self, run_id: str, limit: int = 1000) -> list[dict[str, Any]]:
         self._ensure()
-        query = (sa.select(actions).where(actions.c.run_id == run_id)
-                 .order_by(actions.c.id).limit(limit))
+        query = (
+            sa.select(actions).where(actions.c.run_id == run_id).order_by(actions.c.id).limit(limit)
+        )
         with database_errors("reading the history"), self.engine.connect() as conn:
             return [dict(r._mapping) for r in conn.execute(query)]
 
@@ -153,8 +172,10 @@ def _copy_rows(conn: sa.Connection, table: sa.Table, rows: list[dict[str, Any]])
     columns = list(rows[0])
     text = "".join("\t".join(_copy_field(row[c]) for c in columns) + "\n" for row in rows)
     preparer = conn.dialect.identifier_preparer
-    sql = (f"COPY {preparer.format_table(table)} ({', '.join(map(preparer.quote, columns))}) "
-           "FROM STDIN")
+    sql = (
+        f"COPY {preparer.format_table(table)} ({', '.join(map(preparer.quote, columns))}) "
+        "FROM STDIN"
+    )
     dbapi = conn.dialect.loaded_dbapi
     try:
         # A checked-out connection always has its DBAPI connection (typed Optional).
@@ -168,5 +189,10 @@ def _copy_field(value: Any) -> str:
     """COPY's text format: \\N is NULL; backslash, tab, newline and return are escaped."""
     if value is None:
         return "\\N"
-    return (str(value).replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n")
-            .replace("\r", "\\r"))
+    return (
+        str(value)
+        .replace("\\", "\\\\")
+        .replace("\t", "\\t")
+        .replace("\n", "\\n")
+        .replace("\r", "\\r")
+    )

@@ -53,9 +53,11 @@ class HistoryReader:
         return self._exists
 
     def _add_finished_since_watermark(self) -> None:
-        query = (sa.select(runs.c.id, runs.c.outcome, runs.c.counts, runs.c.finished_at)
-                 .where(runs.c.finished_at.is_not(None), runs.c.outcome != "running")
-                 .order_by(runs.c.finished_at))
+        query = (
+            sa.select(runs.c.id, runs.c.outcome, runs.c.counts, runs.c.finished_at)
+            .where(runs.c.finished_at.is_not(None), runs.c.outcome != "running")
+            .order_by(runs.c.finished_at)
+        )
         if self._watermark is not None:
             query = query.where(runs.c.finished_at >= self._watermark)
         with database_errors("reading the history totals"), self.engine.connect() as conn:

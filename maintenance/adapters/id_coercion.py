@@ -22,9 +22,15 @@ class IdCoercer:
     @classmethod
     def for_column(cls, column: sa.Column[Any]) -> IdCoercer:
         col_type = column.type
-        bits = (16 if isinstance(col_type, sa.SmallInteger) else
-                64 if isinstance(col_type, sa.BigInteger) else
-                32 if isinstance(col_type, sa.Integer) else None)
+        bits = (
+            16
+            if isinstance(col_type, sa.SmallInteger)
+            else 64
+            if isinstance(col_type, sa.BigInteger)
+            else 32
+            if isinstance(col_type, sa.Integer)
+            else None
+        )
         length = getattr(col_type, "length", None) if isinstance(col_type, sa.String) else None
         return cls(_python_type(column), bits, length)
 
@@ -34,7 +40,8 @@ class IdCoercer:
             if kind is int:
                 value = int(text)
                 if self.int_bits and not -(2 ** (self.int_bits - 1)) <= value < 2 ** (
-                        self.int_bits - 1):
+                    self.int_bits - 1
+                ):
                     return None
                 return value
             if kind is uuid.UUID:
@@ -90,9 +97,11 @@ def pg_array_literal(values: Sequence[Any]) -> str:
     usually do not), else every element quoted and escaped."""
     texts = [v if isinstance(v, str) else str(v) for v in values]
     joined = ",".join(texts)
-    plain = (joined.count(",") == len(texts) - 1 and "" not in texts
-             and not _NEEDS_QUOTES.search(joined))
+    plain = (
+        joined.count(",") == len(texts) - 1 and "" not in texts and not _NEEDS_QUOTES.search(joined)
+    )
     if plain and texts:
         return "{" + joined + "}"
-    return "{" + ",".join('"' + t.replace("\\", "\\\\").replace('"', '\\"') + '"'
-                          for t in texts) + "}"
+    return (
+        "{" + ",".join('"' + t.replace("\\", "\\\\").replace('"', '\\"') + '"' for t in texts) + "}"
+    )

@@ -34,8 +34,14 @@ class ReplyLeftovers:
 
 
 class ReplyListSweeper:
-    def __init__(self, client: redis.Redis, layout: BrokerLayout, reply_exchange: str,
-                 *, chunk_size: int = 1000):
+    def __init__(
+        self,
+        client: redis.Redis,
+        layout: BrokerLayout,
+        reply_exchange: str,
+        *,
+        chunk_size: int = 1000,
+    ):
         """`reply_exchange` comes from the app (`app.control.mailbox.reply_exchange.name`)."""
         self.client = client
         self.layout = layout
@@ -82,16 +88,20 @@ class ReplyListSweeper:
             pipe.type(key)
             pipe.ttl(key)
         meta = pipe.execute()
-        candidates = [key for i, key in enumerate(keys)
-                      if meta[2 * i] == b"list" and meta[2 * i + 1] == -1]
+        candidates = [
+            key for i, key in enumerate(keys) if meta[2 * i] == b"list" and meta[2 * i + 1] == -1
+        ]
         if not candidates:
             return [], []
         pipe = self.client.pipeline(transaction=False)
         for key in candidates:
             pipe.object("idletime", key)
         idle = pipe.execute(raise_on_error=False)
-        stale = [k for k, s in zip(candidates, idle, strict=True)
-                 if isinstance(s, int) and s >= min_idle_s]
+        stale = [
+            k
+            for k, s in zip(candidates, idle, strict=True)
+            if isinstance(s, int) and s >= min_idle_s
+        ]
         unknown = [k for k, s in zip(candidates, idle, strict=True) if not isinstance(s, int)]
         return stale, unknown
 
@@ -100,7 +110,7 @@ class ReplyListSweeper:
         sep = self.layout.sep.encode()
         pipe = self.client.pipeline(transaction=False)
         for key in keys:
-            queue = key[len(prefix):]
+            queue = key[len(prefix) :]
             oid = queue[: -len(self.reply_exchange) - 1]
             pipe.unlink(key)
             pipe.srem(self.binding_key, sep.join((oid, b"", queue)))

@@ -35,16 +35,22 @@ class LiveStateReader:
     """LLEN of each queue band, HLEN of unacked, the oldest unacked_index score, the two scan
     summaries and the guard-skip hash, in one pipelined round trip."""
 
-    def __init__(self, client: redis.Redis, layout: BrokerLayout, own_keys: OwnKeys,
-                 summaries: ScanSummaryStore):
+    def __init__(
+        self,
+        client: redis.Redis,
+        layout: BrokerLayout,
+        own_keys: OwnKeys,
+        summaries: ScanSummaryStore,
+    ):
         self.client = client
         self.layout = layout
         self.summaries = summaries
         self.guard_skips_key = own_keys.guard_skips
 
     def read(self, queues: tuple[str, ...]) -> LiveState:
-        bands = [(queue, band, key) for queue in queues
-                 for band, key in self.layout.queue_keys(queue)]
+        bands = [
+            (queue, band, key) for queue in queues for band, key in self.layout.queue_keys(queue)
+        ]
         with broker_errors("reading the monitor snapshot"):
             pipe = self.client.pipeline(transaction=False)
             for _, _, key in bands:
@@ -54,13 +60,19 @@ class LiveStateReader:
             pipe.mget([self.summaries.latest_key, self.summaries.previous_key])
             pipe.hgetall(self.guard_skips_key)
             *lengths, unacked, oldest, (latest, previous), skips = pipe.execute()
-        depths = tuple(QueueDepth(queue, band, int(n))
-                       for (queue, band, _), n in zip(bands, lengths, strict=True)
-                       if band == 0 or n)  # empty priority bands are noise
-        return LiveState(queues=depths, unacked=int(unacked),
-                         oldest_taken_at=float(oldest[0][1]) if oldest else None,
-                         latest=decode(latest), previous=decode(previous),
-                         guard_skips=_int_hash(skips))
+        depths = tuple(
+            QueueDepth(queue, band, int(n))
+            for (queue, band, _), n in zip(bands, lengths, strict=True)
+            if band == 0 or n
+        )  # empty priority bands are noise
+        return LiveState(
+            queues=depths,
+            unacked=int(unacked),
+            oldest_taken_at=float(oldest[0][1]) if oldest else None,
+            latest=decode(latest),
+            previous=decode(previous),
+            guard_skips=_int_hash(skips),
+        )
 
 
 def _int_hash(raw: dict[bytes, bytes]) -> dict[str, int]:

@@ -14,8 +14,8 @@ class TaskProducer:
     def __init__(self, app: Celery):
         self.app = app
 
-    def send(self, name: str, *, args: Sequence[Any], kwargs: dict[str, Any], queue: str,
-             task_id: str) -> None:
+    def send(
+        self, name: str, *, args: Sequence[Any], kwargs: dict[str, Any], queue: str, task_id: str
+    ) -> None:
         with broker_errors("requeueing a lost row"):
-            self.app.send_task(name, args=list(args), kwargs=kwargs, queue=queue,
-                               task_id=task_id)
+            self.app.send_task(name, args=list(args), kwargs=kwargs, queue=queue, task_id=task_id)

@@ -170,17 +170,30 @@ def tombstone_for(task_name: str, queue: str, run_id: str) -> bytes:
         "body": "W1tdLCB7fSwge31d",  # base64 of [[], {}, {}]: no args, no kwargs, no embed
         "content-encoding": "utf-8",
         "content-type": "application/json",
-        "headers": {"task": task_name, "id": tomb_id, "expires": "2000-01-01T00:00:00+00:00",
-                    "ignore_result": True},
-        "properties": {"delivery_tag": tomb_id, "body_encoding": "base64", "priority": 0,
-                       "delivery_info": {"exchange": "", "routing_key": queue}},
+        "headers": {
+            "task": task_name,
+            "id": tomb_id,
+            "expires": "2000-01-01T00:00:00+00:00",
+            "ignore_result": True,
+        },
+        "properties": {
+            "delivery_tag": tomb_id,
+            "body_encoding": "base64",
+            "priority": 0,
+            "delivery_info": {"exchange": "", "routing_key": queue},
+        },
     }
     return orjson.dumps(message)
 
 
 class Quarantine:
-    def __init__(self, client: redis.Redis, layout: BrokerLayout, keys: OwnKeys,
-                 clock: Callable[[], float] = time.time):
+    def __init__(
+        self,
+        client: redis.Redis,
+        layout: BrokerLayout,
+        keys: OwnKeys,
+        clock: Callable[[], float] = time.time,
+    ):
         self.client = client
         self.clock = clock
         self.layout = layout
@@ -189,8 +202,9 @@ class Quarantine:
         self._unacked_script = client.register_script(_UNACKED_SCRIPT)
 
     # -- queue lists ------------------------------------------------------------------------
-    def take_from_list(self, key: str, findings: Sequence[Finding], tombstone: bytes,
-                       meta_of: Any) -> Iterator[tuple[list[Finding], list[Finding]]]:
+    def take_from_list(
+        self, key: str, findings: Sequence[Finding], tombstone: bytes, meta_of: Any
+    ) -> Iterator[tuple[list[Finding], list[Finding]]]:
         """Tombstone and quarantine `findings` of one list, tail first, in short script calls.
 
         A message the scan read twice (pushes moved it into the next chunk) is taken once.
@@ -199,21 +213,29 @@ class Quarantine:
         ordered = _tail_first(findings)
         drift, resume, batch, start = 0, -1, 64, 0
         while start < len(ordered):
-            chunk = ordered[start:start + batch]
+            chunk = ordered[start : start + batch]
             argv: list[Any] = [tombstone, self.clock(), int(CALL_BUDGET_S * 1e6), drift, resume]
             for f in chunk:
-                argv += [max(f.location.index, 0), f.location.delivery_tag, f.task_id,
-                         quarantine_field(f), orjson.dumps(meta_of(f))]
+                argv += [
+                    max(f.location.index, 0),
+                    f.location.delivery_tag,
+                    f.task_id,
+                    quarantine_field(f),
+                    orjson.dumps(meta_of(f)),
+                ]
             with broker_errors(f"quarantining messages of {key!r}"):
-                reply = self._list_script(keys=[key, self.keys.quarantine,
-                                                self.keys.quarantine_index], args=argv)
+                reply = self._list_script(
+                    keys=[key, self.keys.quarantine, self.keys.quarantine_index], args=argv
+                )
             drift, resume, done = int(reply[0]), int(reply[1]), reply[2:]
             taken = [f for f, ok in zip(chunk, done, strict=False) if ok]
             missing = [f for f, ok in zip(chunk, done, strict=False) if not ok]
             yield taken, missing
             start += len(done)
-            batch = min(MAX_BATCH, batch * 2 if len(done) == len(chunk)
-                        else max(16, len(done) + len(done) // 4))
+            batch = min(
+                MAX_BATCH,
+                batch * 2 if len(done) == len(chunk) else max(16, len(done) + len(done) // 4),
+            )
 
     def compact(self, key: str, tombstone: bytes) -> int:
         """The one O(n) command per list per run: drop every tombstone at once."""
@@ -221,26 +243,37 @@ class Quarantine:
             return int(self.client.lrem(key, 0, tombstone.decode()))
 
     # -- unacked --------------------------------------------------------------------------------
-    def take_unacked(self, findings: Sequence[Finding], meta_of: Any,
-                     mutex_wait_s: float = 10.0) -> tuple[list[Finding], list[Finding]]:
+    def take_unacked(
+        self, findings: Sequence[Finding], meta_of: Any, mutex_wait_s: float = 10.0
+    ) -> tuple[list[Finding], list[Finding]]:
         """Under kombu's own `unacked_mutex`, so its restore of visible messages cannot race us."""
         taken: list[Finding] = []
         missing: list[Finding] = []
         with broker_errors("quarantining unacked messages"):
-            lock = self.client.lock(self.layout.unacked_mutex, timeout=300,
-                                    blocking_timeout=mutex_wait_s)
+            lock = self.client.lock(
+                self.layout.unacked_mutex, timeout=300, blocking_timeout=mutex_wait_s
+            )
             if not lock.acquire():
                 return [], list(findings)
             try:
                 for start in range(0, len(findings), 100):
-                    chunk = findings[start:start + 100]
+                    chunk = findings[start : start + 100]
                     argv: list[Any] = [self.clock()]
                     for f in chunk:
-                        argv += [f.location.delivery_tag, quarantine_field(f),
-                                 orjson.dumps(meta_of(f))]
+                        argv += [
+                            f.location.delivery_tag,
+                            quarantine_field(f),
+                            orjson.dumps(meta_of(f)),
+                        ]
                     reply = self._unacked_script(
-                        keys=[self.layout.unacked, self.layout.unacked_index,
-                              self.keys.quarantine, self.keys.quarantine_index], args=argv)
+                        keys=[
+                            self.layout.unacked,
+                            self.layout.unacked_index,
+                            self.keys.quarantine,
+                            self.keys.quarantine_index,
+                        ],
+                        args=argv,
+                    )
                     for f, ok in zip(chunk, reply, strict=True):
                         (taken if ok else missing).append(f)
             finally:
@@ -267,8 +300,9 @@ class Quarantine:
         if meta.get("origin") == "unacked":
             payload, _exchange, routing_key = orjson.loads(raw)[:3]
             priority = int((payload.get("properties") or {}).get("priority") or 0)
-            key = self.layout.queue_key(routing_key or meta.get("queue") or "celery",
-                                        self.layout.band(priority))
+            key = self.layout.queue_key(
+                routing_key or meta.get("queue") or "celery", self.layout.band(priority)
+            )
             raw = orjson.dumps(payload)
         else:
             key = meta["key"]
@@ -285,8 +319,9 @@ class Quarantine:
         removed = 0
         with broker_errors("purging the quarantine"):
             while True:
-                fields = self.client.zrangebyscore(self.keys.quarantine_index, "-inf", cutoff,
-                                                   start=0, num=500)
+                fields = self.client.zrangebyscore(
+                    self.keys.quarantine_index, "-inf", cutoff, start=0, num=500
+                )
                 if not fields:
                     return removed
                 pipe = self.client.pipeline(transaction=True)
@@ -321,4 +356,3 @@ def _tail_first(findings: Sequence[Finding]) -> list[Finding]:
             seen.add(ident)
             out.append(f)
     return out
-

@@ -70,7 +70,7 @@ class ResultLayout:
         return f"{self.task_keyprefix}{task_id}"
 
     def task_id_of(self, key: str) -> str:
-        return key[len(self.task_keyprefix):]
+        return key[len(self.task_keyprefix) :]
 
     @property
     def match(self) -> str:

@@ -55,8 +55,16 @@ class RawUnacked:
 class RedisReader:
     """Chunked readers over the broker's lists and hash, and the result backend's keys."""
 
-    def __init__(self, broker: redis.Redis, layout: BrokerLayout, results: redis.Redis,
-                 result_layout: ResultLayout, *, chunk_size: int = 1000, depth: int = 10):
+    def __init__(
+        self,
+        broker: redis.Redis,
+        layout: BrokerLayout,
+        results: redis.Redis,
+        result_layout: ResultLayout,
+        *,
+        chunk_size: int = 1000,
+        depth: int = 10,
+    ):
         self.broker = broker
         self.layout = layout
         self.results = results
@@ -83,6 +91,7 @@ class RedisReader:
         """
         start, size = 0, self.chunk_size
         while True:
+
             def run(start: int = start) -> list[list[bytes]]:
                 pipe = self.broker.pipeline(transaction=False)
                 for i in range(self.depth):
@@ -102,9 +111,13 @@ class RedisReader:
         """HSCAN the unacked hash, with each tag's unacked_index score (when a worker took it)."""
         cursor: int = 0
         while True:
+
             def scan(cursor: int = cursor) -> tuple[int, dict[Any, Any]]:
-                return self.broker.hscan(self.layout.unacked, cursor,  # type: ignore[return-value]
-                                         count=self.chunk_size)
+                return self.broker.hscan(
+                    self.layout.unacked,
+                    cursor,  # type: ignore[return-value]
+                    count=self.chunk_size,
+                )
 
             cursor, entries = call_redis("scanning the unacked hash", scan)
             if entries:
@@ -114,8 +127,10 @@ class RedisReader:
                     return self.broker.zmscore(self.layout.unacked_index, tags)
 
                 taken = call_redis("reading unacked_index", scores)
-                yield [RawUnacked(tag.decode(), entries[tag], score)
-                       for tag, score in zip(tags, taken, strict=True)]
+                yield [
+                    RawUnacked(tag.decode(), entries[tag], score)
+                    for tag, score in zip(tags, taken, strict=True)
+                ]
             if cursor == 0:
                 return
 
@@ -124,19 +139,23 @@ class RedisReader:
         for _, metas in self.iter_result_chunks():
             yield metas
 
-    def iter_result_chunks(self, keep: KeepResult | None = None,
-                           ) -> Iterator[tuple[int, list[ResultMeta]]]:
+    def iter_result_chunks(
+        self,
+        keep: KeepResult | None = None,
+    ) -> Iterator[tuple[int, list[ResultMeta]]]:
         """(result keys read, their metas) per SCAN batch. With `keep`, a meta is built only for
         the keys it accepts by (date_done, ttl): a million ResultMeta objects that are judged
         fine at once cost the scan about a second."""
         cursor: int = 0
         match = self.result_layout.match
         while True:
+
             def scan(cursor: int = cursor) -> tuple[int, list[Any]]:
                 return self.results.scan(cursor, match=match, count=self.chunk_size)
 
             cursor, keys = call_redis("scanning result keys", scan)
             if keys:
+
                 def metas(keys: list[Any] = keys) -> tuple[int, list[ResultMeta]]:
                     return self._metas(keys, keep)
 
@@ -144,8 +163,11 @@ class RedisReader:
             if cursor == 0:
                 return
 
-    def _metas(self, keys: list[bytes], keep: KeepResult | None,
-               ) -> tuple[int, list[ResultMeta]]:
+    def _metas(
+        self,
+        keys: list[bytes],
+        keep: KeepResult | None,
+    ) -> tuple[int, list[ResultMeta]]:
         replies = self._values_and_ttls(keys)
         task_id_of = self.result_layout.task_id_of
         metas = []
@@ -159,9 +181,15 @@ class RedisReader:
             if keep is not None and not keep(date_done, int(ttl)):
                 continue
             text_key = key.decode()
-            metas.append(ResultMeta(task_id=str(doc.get("task_id") or task_id_of(text_key)),
-                                    key=text_key, status=str(doc.get("status") or "UNKNOWN"),
-                                    date_done=date_done, ttl_s=int(ttl)))
+            metas.append(
+                ResultMeta(
+                    task_id=str(doc.get("task_id") or task_id_of(text_key)),
+                    key=text_key,
+                    status=str(doc.get("status") or "UNKNOWN"),
+                    date_done=date_done,
+                    ttl_s=int(ttl),
+                )
+            )
         return read, metas
 
     def _values_and_ttls(self, keys: list[bytes]) -> list[Any]:
@@ -178,7 +206,7 @@ class RedisReader:
             try:
                 replies: list[Any] = []
                 for start in range(0, len(keys), SCRIPT_KEYS):
-                    replies.extend(self._meta_script(keys=keys[start:start + SCRIPT_KEYS]))
+                    replies.extend(self._meta_script(keys=keys[start : start + SCRIPT_KEYS]))
                 return replies
             except redis.ResponseError as exc:
                 if "WRONGTYPE" in str(exc):

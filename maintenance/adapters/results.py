@@ -50,7 +50,8 @@ class ResultWriter:
         batch: building it costs more than encoding it)."""
         exc = self.backend.prepare_exception(TaskRevokedError(reason))
         return self.backend._get_result_meta(  # type: ignore[no-any-return]  # Celery: untyped
-            result=exc, state=states.REVOKED, traceback=None, request=None)
+            result=exc, state=states.REVOKED, traceback=None, request=None
+        )
 
     def revoked_encoder(self, reason: str) -> Callable[[str], Any]:
         """task id -> the stored value, exactly what `backend.encode` gives.
@@ -79,8 +80,9 @@ class ResultWriter:
 
         return spliced
 
-    def mark_revoked(self, task_ids: Sequence[str], reason: str, only_if_absent: bool = False
-                     ) -> int:
+    def mark_revoked(
+        self, task_ids: Sequence[str], reason: str, only_if_absent: bool = False
+    ) -> int:
         """So that `AsyncResult(id).state == 'REVOKED'` for every task we took out of play.
 
         `only_if_absent` keeps a result a worker already wrote (a message that slipped away may
@@ -91,11 +93,14 @@ class ResultWriter:
         written = 0
         with broker_errors("storing REVOKED states"):
             for start in range(0, len(task_ids), SET_BATCH):
-                chunk = task_ids[start:start + SET_BATCH]
+                chunk = task_ids[start : start + SET_BATCH]
                 encode = self.revoked_encoder(reason)
-                written += int(self._set_many(
-                    keys=[self.layout.key_for(t) for t in chunk],
-                    args=[ttl, int(only_if_absent), *(encode(t) for t in chunk)]))
+                written += int(
+                    self._set_many(
+                        keys=[self.layout.key_for(t) for t in chunk],
+                        args=[ttl, int(only_if_absent), *(encode(t) for t in chunk)],
+                    )
+                )
         return written
 
     def forget_revoked(self, task_id: str) -> bool:

@@ -35,8 +35,10 @@ class RunLock:
             lock = self.client.lock(self.keys.lock, timeout=self.ttl_s, blocking_timeout=wait_s)
             if not lock.acquire(blocking=wait_s > 0):
                 other = self.client.get(self.keys.lock_holder)
-                raise LockHeld("another maintenance run holds the lock "
-                               f"({as_text(other or b'unknown')}); try again when it ends")
+                raise LockHeld(
+                    "another maintenance run holds the lock "
+                    f"({as_text(other or b'unknown')}); try again when it ends"
+                )
             self.client.set(self.keys.lock_holder, holder, ex=int(self.ttl_s))
         try:
             yield

@@ -15,8 +15,9 @@ class StuckRows:
         self.db = db
         self.cfg = db.settings.tasks
 
-    def _still_stuck(self, ids: Collection[str], older_than_s: float, now: float
-                     ) -> sa.ColumnElement[bool]:
+    def _still_stuck(
+        self, ids: Collection[str], older_than_s: float, now: float
+    ) -> sa.ColumnElement[bool]:
         table = self.db.tasks
         updated = table.c[self.cfg.updated_at_column]
         return sa.and_(
@@ -35,22 +36,25 @@ class StuckRows:
         batch = self.db.settings.database.batch_size
         with database_errors("re-reading stuck rows"), self.db.engine.connect() as conn:
             for start in range(0, len(id_list), batch):
-                part = id_list[start:start + batch]
+                part = id_list[start : start + batch]
                 query = sa.select(table.c[self.cfg.id_column]).where(
-                    self._still_stuck(part, older_than_s, now))
+                    self._still_stuck(part, older_than_s, now)
+                )
                 found.update(str(row_id) for (row_id,) in conn.execute(query))
         return found
 
-    def mark_failed(self, ids: Collection[str], status: str, older_than_s: float,
-                    now: float) -> int:
+    def mark_failed(
+        self, ids: Collection[str], status: str, older_than_s: float, now: float
+    ) -> int:
         """Only rows that are still in a "to run" status and still untouched are changed."""
         if not ids:
             return 0
         table = self.db.tasks
         values: dict[str, Any] = {self.cfg.status_column: status}
         with database_errors("marking stuck rows failed"), self.db.engine.begin() as conn:
-            result = conn.execute(sa.update(table).where(
-                self._still_stuck(ids, older_than_s, now)).values(**values))
+            result = conn.execute(
+                sa.update(table).where(self._still_stuck(ids, older_than_s, now)).values(**values)
+            )
             return int(result.rowcount or 0)
 
     def touch(self, ids: Collection[str], now: float, celery_ids: dict[str, str]) -> int:
@@ -63,6 +67,12 @@ class StuckRows:
                 values: dict[str, Any] = {updated.key: _cutoff_for(updated, now)}
                 if self.cfg.celery_id_column and row_id in celery_ids:
                     values[self.cfg.celery_id_column] = celery_ids[row_id]
-                count += int(conn.execute(sa.update(table).where(
-                    table.c[self.cfg.id_column] == row_id).values(**values)).rowcount or 0)
+                count += int(
+                    conn.execute(
+                        sa.update(table)
+                        .where(table.c[self.cfg.id_column] == row_id)
+                        .values(**values)
+                    ).rowcount
+                    or 0
+                )
         return count

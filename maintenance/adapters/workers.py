@@ -49,15 +49,19 @@ class WorkerControl:
         if not alive:
             return WorkerView((), ())
         with broker_errors("inspecting workers"):
-            inspect = self.app.control.inspect(timeout=self.timeout_s, destination=alive,
-                                               limit=len(alive))
+            inspect = self.app.control.inspect(
+                timeout=self.timeout_s, destination=alive, limit=len(alive)
+            )
             active = inspect.active() or {}
             reserved = inspect.reserved() or {}
             scheduled = inspect.scheduled() or {}
         workers = set(alive) | set(active) | set(reserved) | set(scheduled)
         messages: list[Message] = []
-        for state, replies in (("active", active), ("reserved", reserved),
-                               ("scheduled", scheduled)):
+        for state, replies in (
+            ("active", active),
+            ("reserved", reserved),
+            ("scheduled", scheduled),
+        ):
             for worker, entries in replies.items():
                 for entry in entries or ():
                     request = entry.get("request", entry) if state == "scheduled" else entry
@@ -69,24 +73,32 @@ class WorkerControl:
         sent = 0
         with broker_errors("broadcasting revokes"):
             for start in range(0, len(task_ids), batch_size):
-                batch = list(task_ids[start:start + batch_size])
+                batch = list(task_ids[start : start + batch_size])
                 self.app.control.revoke(batch)
                 sent += len(batch)
         return sent
 
 
-def _message(request: dict[str, Any], worker: str, state: str,
-             bindings: BindingTable) -> Message:
-    location = Location(Where.WORKER, worker=worker, state=state,
-                        queue=str((request.get("delivery_info") or {}).get("routing_key") or ""))
+def _message(request: dict[str, Any], worker: str, state: str, bindings: BindingTable) -> Message:
+    location = Location(
+        Where.WORKER,
+        worker=worker,
+        state=state,
+        queue=str((request.get("delivery_info") or {}).get("routing_key") or ""),
+    )
     task_id, name = request.get("id"), request.get("name") or request.get("type")
     if not isinstance(task_id, str) or not isinstance(name, str):
-        return Message("", "", location, problem=Reason.BAD_ENVELOPE,
-                       detail="worker reported a task without id or name")
+        return Message(
+            "",
+            "",
+            location,
+            problem=Reason.BAD_ENVELOPE,
+            detail="worker reported a task without id or name",
+        )
     binding = bindings.lookup(name)
     if binding is None:
         return Message(task_id, name, location)
     db_id = binding.extract(task_id, request.get("args"), request.get("kwargs"))
-    return Message(task_id, name, location, db_id=None if db_id is None else str(db_id),
-                   row_kind=binding.kind)
-
+    return Message(
+        task_id, name, location, db_id=None if db_id is None else str(db_id), row_kind=binding.kind
+    )

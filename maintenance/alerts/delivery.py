@@ -35,8 +35,13 @@ def sign(body: bytes, secret: str) -> str:
     return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
 
 
-def with_retries(channel: str, attempt: Callable[[], None], retries: int,
-                 backoff_s: float, sleep: Callable[[float], None] = time.sleep) -> bool:
+def with_retries(
+    channel: str,
+    attempt: Callable[[], None],
+    retries: int,
+    backoff_s: float,
+    sleep: Callable[[float], None] = time.sleep,
+) -> bool:
     """True once an attempt succeeds; False (logged) after a permanent error or the last retry."""
     for number in range(retries + 1):
         try:
@@ -47,10 +52,15 @@ def with_retries(channel: str, attempt: Callable[[], None], retries: int,
             return False
         except Exception as exc:  # a notification never raises into a run
             last = number == retries
-            log.warning("alert attempt failed", channel=channel, attempt=number + 1,
-                        error=f"{type(exc).__name__}: {exc}", retry=not last)
+            log.warning(
+                "alert attempt failed",
+                channel=channel,
+                attempt=number + 1,
+                error=f"{type(exc).__name__}: {exc}",
+                retry=not last,
+            )
             if not last:
-                sleep(min(backoff_s * 2 ** number, MAX_BACKOFF_S))
+                sleep(min(backoff_s * 2**number, MAX_BACKOFF_S))
     return False
 
 
@@ -60,8 +70,9 @@ def post_webhook(alerts: AlertSettings, body: bytes, secret: str | None) -> bool
         headers[SIGNATURE_HEADER] = sign(body, secret)
 
     def attempt() -> None:
-        request = urllib.request.Request(alerts.webhook_url, data=body, headers=headers,
-                                         method="POST")
+        request = urllib.request.Request(
+            alerts.webhook_url, data=body, headers=headers, method="POST"
+        )
         try:
             with urllib.request.urlopen(request, timeout=alerts.webhook_timeout_s) as response:
                 response.read(1024)
@@ -70,8 +81,7 @@ def post_webhook(alerts: AlertSettings, body: bytes, secret: str | None) -> bool
                 raise RuntimeError(f"HTTP {exc.code}") from None
             raise Permanent(f"HTTP {exc.code} {exc.reason}") from None
 
-    delivered = with_retries("webhook", attempt, alerts.webhook_retries,
-                             alerts.retry_backoff_s)
+    delivered = with_retries("webhook", attempt, alerts.webhook_retries, alerts.retry_backoff_s)
     log.info("alert webhook", delivered=delivered, host=urlsplit(alerts.webhook_url).netloc)
     return delivered
 
@@ -85,8 +95,9 @@ def send_mail(alerts: AlertSettings, subject: str, body: str, password: str | No
 
     def attempt() -> None:
         try:
-            with smtplib.SMTP(alerts.smtp_host, alerts.smtp_port,
-                              timeout=alerts.smtp_timeout_s) as smtp:
+            with smtplib.SMTP(
+                alerts.smtp_host, alerts.smtp_port, timeout=alerts.smtp_timeout_s
+            ) as smtp:
                 smtp.ehlo()
                 if alerts.smtp_starttls:
                     smtp.starttls(context=ssl.create_default_context())
@@ -94,8 +105,12 @@ def send_mail(alerts: AlertSettings, subject: str, body: str, password: str | No
                 if alerts.smtp_username:
                     smtp.login(alerts.smtp_username, password or "")
                 smtp.send_message(message)
-        except (smtplib.SMTPAuthenticationError, smtplib.SMTPRecipientsRefused,
-                smtplib.SMTPSenderRefused, smtplib.SMTPNotSupportedError) as exc:
+        except (
+            smtplib.SMTPAuthenticationError,
+            smtplib.SMTPRecipientsRefused,
+            smtplib.SMTPSenderRefused,
+            smtplib.SMTPNotSupportedError,
+        ) as exc:
             raise Permanent(f"{type(exc).__name__}: {exc}") from None
 
     delivered = with_retries("mail", attempt, alerts.smtp_retries, alerts.retry_backoff_s)

@@ -52,8 +52,12 @@ def decide(alerts: AlertSettings, counts: Mapping[str, Any], outcome: str) -> Al
         fired.append((Trigger.BREAKER, "the circuit breaker refused a cleanup plan"))
     orphans, lost = _first_count(counts, _ORPHAN_KEYS), _first_count(counts, _LOST_KEYS)
     if 0 < alerts.min_orphans <= orphans:
-        fired.append((Trigger.ORPHANS,
-                      f"{orphans:,} orphaned messages found (threshold {alerts.min_orphans:,})"))
+        fired.append(
+            (
+                Trigger.ORPHANS,
+                f"{orphans:,} orphaned messages found (threshold {alerts.min_orphans:,})",
+            )
+        )
     if 0 < alerts.min_lost <= lost:
         fired.append((Trigger.LOST, f"{lost:,} lost rows found (threshold {alerts.min_lost:,})"))
     if not fired:
@@ -86,8 +90,9 @@ def webhook_document(event: AlertEvent, host: str, sent_at: float) -> dict[str, 
 
 def webhook_body(event: AlertEvent, host: str, sent_at: float) -> bytes:
     """The exact bytes that are signed and sent."""
-    return json.dumps(webhook_document(event, host, sent_at), default=str, ensure_ascii=False,
-                      sort_keys=True).encode()
+    return json.dumps(
+        webhook_document(event, host, sent_at), default=str, ensure_ascii=False, sort_keys=True
+    ).encode()
 
 
 def mail_text(event: AlertEvent, host: str) -> tuple[str, str]:
@@ -113,5 +118,7 @@ def _finding_text(doc: Mapping[str, Any]) -> str:
     where = (doc.get("location") or {}).get("where", "?")
     queue = (doc.get("location") or {}).get("queue")
     row = f" row={doc['db_id']}" if doc.get("db_id") else ""
-    return (f"  {doc.get('kind')} {doc.get('reason')} {doc.get('task_id') or '-'} "
-            f"{doc.get('task_name') or ''}{row} at {where}{f' {queue}' if queue else ''}")
+    return (
+        f"  {doc.get('kind')} {doc.get('reason')} {doc.get('task_id') or '-'} "
+        f"{doc.get('task_name') or ''}{row} at {where}{f' {queue}' if queue else ''}"
+    )

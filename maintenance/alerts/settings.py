@@ -42,12 +42,15 @@ class AlertSettings:
         return bool(self.smtp_host)
 
     def __repr__(self) -> str:
-        return (f"AlertSettings(webhook={'on' if self.webhook_enabled else 'off'}, "
-                f"mail={'on' if self.mail_enabled else 'off'}, min_orphans={self.min_orphans})")
+        return (
+            f"AlertSettings(webhook={'on' if self.webhook_enabled else 'off'}, "
+            f"mail={'on' if self.mail_enabled else 'off'}, min_orphans={self.min_orphans})"
+        )
 
 
 def check_alert_settings(alerts: AlertSettings, source: str) -> None:
     """Cross-field rules: a channel that is switched on must be complete."""
+
     def fail(message: str, key: str) -> None:
         raise ConfigError(message, key=f"alerts.{key}", source=source)
 

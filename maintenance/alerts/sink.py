@@ -36,8 +36,14 @@ class AlertSink:
 
     @property
     def channels(self) -> list[str]:
-        return [name for name, on in (("webhook", self.alerts.webhook_enabled),
-                                      ("mail", self.alerts.mail_enabled)) if on]
+        return [
+            name
+            for name, on in (
+                ("webhook", self.alerts.webhook_enabled),
+                ("mail", self.alerts.mail_enabled),
+            )
+            if on
+        ]
 
     def notify(self, event: AlertEvent, summary: Mapping[str, Any] | None = None) -> Delivery:
         """Send to every channel; one failing channel does not stop the others."""
@@ -47,12 +53,14 @@ class AlertSink:
         try:
             if self.alerts.webhook_enabled:
                 body = webhook_body(event, self.host, time.time())
-                delivered["webhook"] = post_webhook(self.alerts, body,
-                                                    self._secret(self.alerts.webhook_secret_env))
+                delivered["webhook"] = post_webhook(
+                    self.alerts, body, self._secret(self.alerts.webhook_secret_env)
+                )
             if self.alerts.mail_enabled:
                 subject, text = mail_text(event, self.host)
-                delivered["mail"] = send_mail(self.alerts, subject, text,
-                                              self._secret(self.alerts.smtp_password_env))
+                delivered["mail"] = send_mail(
+                    self.alerts, subject, text, self._secret(self.alerts.smtp_password_env)
+                )
         except Exception as exc:  # last line of defence: alerts never raise
             log.error("alerting failed", error=f"{type(exc).__name__}: {exc}")
             delivered.setdefault("error", False)
@@ -79,8 +87,9 @@ def summary_of(result: Any) -> dict[str, Any]:
     return {}
 
 
-def maybe_alert(settings: Settings, result: Any, outcome: str = "ok", *,
-                env: Mapping[str, str] | None = None) -> Delivery | None:
+def maybe_alert(
+    settings: Settings, result: Any, outcome: str = "ok", *, env: Mapping[str, str] | None = None
+) -> Delivery | None:
     """Alert if thresholds or the outcome say so; None when nothing fired. Never raises.
 
     `result` is a ScanReport, a ScanSummary, or a mapping with at least `counts`

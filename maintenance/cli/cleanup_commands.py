@@ -21,24 +21,31 @@ from maintenance.service import Maintenance, OperatorResult, RunHistory, RunOpti
 
 
 def add_cleanup_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    cleanup = sub.add_parser("cleanup", help="show the plan, ask, then remove confirmed orphans",
-                             description="Quarantine and revoke confirmed orphans, delete stale "
-                                         "results and handle lost rows, with every safety check.")
+    cleanup = sub.add_parser(
+        "cleanup",
+        help="show the plan, ask, then remove confirmed orphans",
+        description="Quarantine and revoke confirmed orphans, delete stale "
+        "results and handle lost rows, with every safety check.",
+    )
     _cleanup_args(cleanup)
     cleanup.add_argument("--dry-run", action="store_true", help="show the plan only")
     cleanup.add_argument("--force", action="store_true", help="do not ask (for scripts)")
     cleanup.set_defaults(handler=run_cleanup, mode=RunMode.CLEANUP)
 
-    quick = sub.add_parser("quick-fix", help="clean every confirmed orphan now, without asking",
-                           description="The seed's quick_fix_orphaned_tasks: cleanup --force.")
+    quick = sub.add_parser(
+        "quick-fix",
+        help="clean every confirmed orphan now, without asking",
+        description="The seed's quick_fix_orphaned_tasks: cleanup --force.",
+    )
     _cleanup_args(quick)
     quick.add_argument("--dry-run", action="store_true", help="show the plan only")
     quick.set_defaults(handler=run_cleanup, mode=RunMode.QUICK_FIX, force=True)
 
     revoke = sub.add_parser("revoke", help="revoke named tasks (quarantining queued copies)")
     revoke.add_argument("--task-id", action="append", required=True, metavar="ID")
-    revoke.add_argument("--force", action="store_true",
-                        help="revoke even a task whose row is still to run")
+    revoke.add_argument(
+        "--force", action="store_true", help="revoke even a task whose row is still to run"
+    )
     revoke.add_argument("--json", action="store_true")
     revoke.set_defaults(handler=run_revoke)
 
@@ -62,13 +69,25 @@ def add_cleanup_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser
 def _cleanup_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-v", "--verbose", action="store_true", help="list every planned action")
     parser.add_argument("--json", action="store_true", help="print the outcome as JSON")
-    parser.add_argument("--grace", type=float, metavar="S",
-                        help="seconds between the two checks of a missing row "
-                             "(default cleanup.grace_s; 0 for tests and emergencies)")
-    parser.add_argument("--max-orphan-ratio", type=float, metavar="R",
-                        help="raise the circuit breaker's ratio for this run")
-    parser.add_argument("--max-orphans", type=int, metavar="N",
-                        help="raise the circuit breaker's absolute limit for this run")
+    parser.add_argument(
+        "--grace",
+        type=float,
+        metavar="S",
+        help="seconds between the two checks of a missing row "
+        "(default cleanup.grace_s; 0 for tests and emergencies)",
+    )
+    parser.add_argument(
+        "--max-orphan-ratio",
+        type=float,
+        metavar="R",
+        help="raise the circuit breaker's ratio for this run",
+    )
+    parser.add_argument(
+        "--max-orphans",
+        type=int,
+        metavar="N",
+        help="raise the circuit breaker's absolute limit for this run",
+    )
     parser.add_argument("--no-results", action="store_true", help="leave result keys alone")
 
 
@@ -105,21 +124,34 @@ def _ask(plan: Plan, report: ScanReport) -> bool:
 
 def run_cleanup(args: argparse.Namespace, settings: Settings) -> int:
     if not args.force and not args.dry_run and not sys.stdin.isatty():
-        raise ConfigError("cleanup asks for confirmation, but stdin is not a terminal: use "
-                          "--force in scripts, or --dry-run to see the plan", key="--force",
-                          source="command line")
+        raise ConfigError(
+            "cleanup asks for confirmation, but stdin is not a terminal: use "
+            "--force in scripts, or --dry-run to see the plan",
+            key="--force",
+            source="command line",
+        )
     progress = ProgressLine()
 
     def on_wait(seconds: float, count: int) -> None:
         if seconds > 0:
-            print(f"Waiting {seconds:.0f}s (grace period) before re-checking {count} "
-                  "finding(s) whose row was missing: a producer may not have committed yet.",
-                  file=sys.stderr, flush=True)
+            print(
+                f"Waiting {seconds:.0f}s (grace period) before re-checking {count} "
+                "finding(s) whose row was missing: a producer may not have committed yet.",
+                file=sys.stderr,
+                flush=True,
+            )
 
-    options = RunOptions(mode=args.mode, started_by=started_by(), dry_run=args.dry_run,
-                         grace_s=args.grace, max_orphan_ratio=args.max_orphan_ratio,
-                         max_orphans=args.max_orphans, scan_results=not args.no_results,
-                         confirm=None if args.force else _ask, on_wait=on_wait)
+    options = RunOptions(
+        mode=args.mode,
+        started_by=started_by(),
+        dry_run=args.dry_run,
+        grace_s=args.grace,
+        max_orphan_ratio=args.max_orphan_ratio,
+        max_orphans=args.max_orphans,
+        scan_results=not args.no_results,
+        confirm=None if args.force else _ask,
+        on_wait=on_wait,
+    )
     try:
         with Maintenance.open(settings) as maintenance:
             result = maintenance.cleanup(options, progress=progress)
@@ -133,8 +165,7 @@ def run_cleanup(args: argparse.Namespace, settings: Settings) -> int:
         print(render_plan(result.plan, args.verbose))
         print(f"Outcome: {result.outcome}" + (f" (run {result.run_id})" if result.run_id else ""))
         if result.done:
-            print(table(["done", "count"], sorted((k, f"{v:,}") for k, v in
-                                                  result.done.items())))
+            print(table(["done", "count"], sorted((k, f"{v:,}") for k, v in result.done.items())))
     if result.outcome is Outcome.DRY_RUN:
         return ExitCode.OK if result.report.consistent else ExitCode.FINDINGS
     return ExitCode.OK if result.outcome in (Outcome.OK, Outcome.DECLINED) else ExitCode.FINDINGS
@@ -149,8 +180,7 @@ def run_revoke(args: argparse.Namespace, settings: Settings) -> int:
 
 def run_restore(args: argparse.Namespace, settings: Settings) -> int:
     with Maintenance.open(settings) as maintenance:
-        result = maintenance.restore(None if args.all else args.task_id,
-                                     started_by=started_by())
+        result = maintenance.restore(None if args.all else args.task_id, started_by=started_by())
     _print_operator(args, result)
     return ExitCode.OK if result.done.get("restored") else ExitCode.FINDINGS
 
@@ -161,25 +191,51 @@ def _print_operator(args: argparse.Namespace, result: OperatorResult) -> None:
         return
     for line in result.details:
         print(line)
-    print(f"run {result.run_id}: "
-          + (", ".join(f"{k}={v}" for k, v in result.done.items()) or "nothing done"))
+    print(
+        f"run {result.run_id}: "
+        + (", ".join(f"{k}={v}" for k, v in result.done.items()) or "nothing done")
+    )
 
 
 def run_history(args: argparse.Namespace, settings: Settings) -> int:
     with RunHistory.open(settings) as history:
-        doc: Any = history.run_actions(args.run) if args.run else history.recent_runs(
-            args.limit)
+        doc: Any = history.run_actions(args.run) if args.run else history.recent_runs(args.limit)
     if args.json:
         print_json(doc)
     elif args.run:
-        print(table(["action", "kind", "reason", "task id", "row", "where"],
-                    [(a["action"], a["kind"], a["reason"], a["task_id"], a["db_id"] or "-",
-                      a["location"] or "") for a in doc]))
+        print(
+            table(
+                ["action", "kind", "reason", "task id", "row", "where"],
+                [
+                    (
+                        a["action"],
+                        a["kind"],
+                        a["reason"],
+                        a["task_id"],
+                        a["db_id"] or "-",
+                        a["location"] or "",
+                    )
+                    for a in doc
+                ],
+            )
+        )
     else:
-        print(table(["run", "started by", "mode", "outcome", "done"],
-                    [(r["id"], r["started_by"], r["mode"], r["outcome"],
-                      ", ".join(f"{k}={v}" for k, v in (r["counts"].get("done") or {}).items())
-                      or "-") for r in doc]))
+        print(
+            table(
+                ["run", "started by", "mode", "outcome", "done"],
+                [
+                    (
+                        r["id"],
+                        r["started_by"],
+                        r["mode"],
+                        r["outcome"],
+                        ", ".join(f"{k}={v}" for k, v in (r["counts"].get("done") or {}).items())
+                        or "-",
+                    )
+                    for r in doc
+                ],
+            )
+        )
     return ExitCode.OK
 
 

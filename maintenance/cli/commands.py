@@ -18,16 +18,22 @@ from maintenance.service import Maintenance
 
 
 def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    check = sub.add_parser("check", help="report every inconsistency (read-only)",
-                           description="Report every inconsistency between Redis and the "
-                                       "database, changing nothing.")
+    check = sub.add_parser(
+        "check",
+        help="report every inconsistency (read-only)",
+        description="Report every inconsistency between Redis and the database, changing nothing.",
+    )
     check.add_argument("-v", "--verbose", action="store_true", help="one line per finding")
-    check.add_argument("--task-id", metavar="ID",
-                       help="only this Celery task id or database id: where it is, what is wrong")
+    check.add_argument(
+        "--task-id",
+        metavar="ID",
+        help="only this Celery task id or database id: where it is, what is wrong",
+    )
     check.add_argument("--json", action="store_true", help="print the report as JSON")
     check.add_argument("--no-results", action="store_true", help="skip the result keys")
-    check.add_argument("--no-workers", action="store_true",
-                       help="do not ask live workers what they hold")
+    check.add_argument(
+        "--no-workers", action="store_true", help="do not ask live workers what they hold"
+    )
     check.set_defaults(handler=run_check)
     add_cleanup_commands(sub)
     add_monitor_commands(sub)
@@ -39,8 +45,7 @@ def run_check(args: argparse.Namespace, settings: Settings) -> int:
     progress = ProgressLine()
     try:
         with Maintenance.open(settings) as maintenance:
-            report = maintenance.check(args.task_id, results=not args.no_results,
-                                       progress=progress)
+            report = maintenance.check(args.task_id, results=not args.no_results, progress=progress)
     finally:
         progress.done()
     if args.json:

@@ -22,11 +22,14 @@ def build_parser() -> argparse.ArgumentParser:
         prog="task-cleanup",
         description="Keep a database task table and Celery's Redis state consistent.",
         epilog="Exit codes: 0 consistent/done, 1 inconsistencies found or action refused, "
-               "2 usage or config error, 3 Redis or database unavailable, 4 another run holds "
-               "the lock.")
-    parser.add_argument("--config", metavar="PATH",
-                        help="config file (default: $MAINTENANCE_CONFIG, else "
-                             "config/maintenance.toml)")
+        "2 usage or config error, 3 Redis or database unavailable, 4 another run holds "
+        "the lock.",
+    )
+    parser.add_argument(
+        "--config",
+        metavar="PATH",
+        help="config file (default: $MAINTENANCE_CONFIG, else config/maintenance.toml)",
+    )
     parser.add_argument("--log-level", default=None, help="console log level (default WARNING)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     add_commands(sub)
@@ -43,8 +46,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         return _fail(ExitCode.USAGE, f"configuration error: {exc}")
     except UnavailableError as exc:
-        return _fail(ExitCode.UNAVAILABLE, f"{exc}\nNo verdict: nothing was changed after "
-                                           "the failure.")
+        return _fail(
+            ExitCode.UNAVAILABLE, f"{exc}\nNo verdict: nothing was changed after the failure."
+        )
     except LockHeld as exc:
         return _fail(ExitCode.LOCKED, str(exc))
     except PlanRefused as exc:
@@ -53,20 +57,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(130, "interrupted")
     except Exception as exc:  # a bug of ours: keep the traceback in the log, not on the screen
         structlog.get_logger(__name__).exception("internal error")
-        return _fail(ExitCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc} "
-                                        "(traceback in the log file)")
+        return _fail(
+            ExitCode.INTERNAL,
+            f"internal error: {type(exc).__name__}: {exc} (traceback in the log file)",
+        )
 
 
 def _configure_logging(settings: Settings, args: argparse.Namespace) -> None:
     try:
-        configure_logging(settings.logging.dir, settings.logging.level,
-                          console_level=(args.log_level or "WARNING").upper())
+        configure_logging(
+            settings.logging.dir,
+            settings.logging.level,
+            console_level=(args.log_level or "WARNING").upper(),
+        )
     except OSError as exc:
-        raise ConfigError(f"cannot write the log directory: {exc}", key="logging.dir",
-                          source=settings.source) from None
+        raise ConfigError(
+            f"cannot write the log directory: {exc}", key="logging.dir", source=settings.source
+        ) from None
     except ValueError as exc:
-        raise ConfigError(f"unknown log level: {exc}", key="logging.level",
-                          source=settings.source) from None
+        raise ConfigError(
+            f"unknown log level: {exc}", key="logging.level", source=settings.source
+        ) from None
 
 
 def _fail(code: int, message: str) -> int:

@@ -18,8 +18,10 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
 
     def line(row: Sequence[str]) -> str:
-        return "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in
-                         enumerate(zip(row, widths, strict=True))).rstrip()
+        return "  ".join(
+            c.rjust(w) if i else c.ljust(w)
+            for i, (c, w) in enumerate(zip(row, widths, strict=True))
+        ).rstrip()
 
     rule = "  ".join("-" * w for w in widths)
     return "\n".join([line(cells[0]), rule, *(line(r) for r in cells[1:])])
@@ -35,8 +37,10 @@ def finding_line(f: Finding) -> str:
     db = f" row={f.db_id}" if f.db_id else ""
     name = f" {f.task_name}" if f.task_name else ""
     detail = f" ({f.detail})" if f.detail else ""
-    return (f"{f.kind.value:<12} {f.reason.value:<16} {f.task_id or '-'}{name}{db} "
-            f"at {f.location.describe()}{age}{detail}")
+    return (
+        f"{f.kind.value:<12} {f.reason.value:<16} {f.task_id or '-'}{name}{db} "
+        f"at {f.location.describe()}{age}{detail}"
+    )
 
 
 def render_report(report: ScanReport, verbose: bool = False) -> str:
@@ -44,17 +48,29 @@ def render_report(report: ScanReport, verbose: bool = False) -> str:
     out = []
     duration = report.finished_at - report.started_at
     verdict = "consistent" if report.consistent else "INCONSISTENT"
-    out.append(f"Scan {verdict}: {report.managed_messages:,} managed messages, "
-               f"{report.results_scanned:,} result keys, {len(report.workers)} live workers "
-               f"({duration:.2f}s)")
+    out.append(
+        f"Scan {verdict}: {report.managed_messages:,} managed messages, "
+        f"{report.results_scanned:,} result keys, {len(report.workers)} live workers "
+        f"({duration:.2f}s)"
+    )
     out.append("")
     out.append(table(["finding", "count"], [(kind, f"{n:,}") for kind, n in counts.items()]))
     if report.places:
         out.append("")
-        rows = [(name, f"{s.messages:,}", f"{s.managed:,}", f"{s.unmanaged:,}", f"{s.orphans:,}",
-                 f"{s.unreadable:,}") for name, s in sorted(report.places.items())]
-        out.append(table(["place", "messages", "managed", "unmanaged", "orphans", "unreadable"],
-                         rows))
+        rows = [
+            (
+                name,
+                f"{s.messages:,}",
+                f"{s.managed:,}",
+                f"{s.unmanaged:,}",
+                f"{s.orphans:,}",
+                f"{s.unreadable:,}",
+            )
+            for name, s in sorted(report.places.items())
+        ]
+        out.append(
+            table(["place", "messages", "managed", "unmanaged", "orphans", "unreadable"], rows)
+        )
     reasons = report.reasons()
     if reasons:
         out.append("")
@@ -82,8 +98,7 @@ def write_report_json(report: ScanReport, out: BinaryIO, flush_bytes: int = 1 <<
     buf += b',\n  "findings": ['
     for i, finding in enumerate(report.findings):
         buf += b",\n    " if i else b"\n    "
-        buf += orjson.dumps(finding.as_dict(), option=indent, default=str).replace(b"\n",
-                                                                                 b"\n    ")
+        buf += orjson.dumps(finding.as_dict(), option=indent, default=str).replace(b"\n", b"\n    ")
         if len(buf) >= flush_bytes:
             out.write(buf)
             buf.clear()

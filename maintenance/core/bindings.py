@@ -61,7 +61,8 @@ def parse_binding(entry: dict[str, Any]) -> Binding:
         id_from == "task_id" or ARG_PATTERN.match(id_from) or _KWARG.match(id_from)
     ):
         raise ValueError(
-            f"'id_from' must be 'args[N]', 'kwargs.NAME' or 'task_id', got {id_from!r}")
+            f"'id_from' must be 'args[N]', 'kwargs.NAME' or 'task_id', got {id_from!r}"
+        )
     if kind not in ("task", "sub_task"):
         raise ValueError(f"'kind' must be 'task' or 'sub_task', got {kind!r}")
     return Binding(task=task, id_from=id_from, kind=kind)

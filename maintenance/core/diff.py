@@ -41,8 +41,12 @@ def judge_message(msg: Message, lookup: Lookup) -> Finding | None:
     if msg.db_id is None or not msg.row_kind:
         return None
     if msg.db_id in lookup.invalid:
-        return _finding(msg, FindingKind.UNREADABLE, Reason.BAD_ID,
-                        f"{msg.db_id!r} is not a valid id for the {msg.row_kind} table")
+        return _finding(
+            msg,
+            FindingKind.UNREADABLE,
+            Reason.BAD_ID,
+            f"{msg.db_id!r} is not a valid id for the {msg.row_kind} table",
+        )
     reason = row_verdict(msg.row_kind, msg.db_id, lookup)
     if reason is None:
         return None
@@ -70,8 +74,9 @@ class Verdicts:
     lookup: Lookup
 
     def fine(self, row_kind: str, db_id: str) -> bool:
-        return db_id in self.checked.get(row_kind, ()) and \
-            db_id not in self.problems.get(row_kind, ())
+        return db_id in self.checked.get(row_kind, ()) and db_id not in self.problems.get(
+            row_kind, ()
+        )
 
     def not_fine(self, row_kind: str, ids: AbstractSet[str]) -> set[str]:
         """Those of `ids` for which `fine` is False, by set algebra: the scan asks once per
@@ -80,16 +85,24 @@ class Verdicts:
         return set(unchecked) | (ids & self.problems.get(row_kind, frozenset()))
 
     @classmethod
-    def build(cls, task_ids: AbstractSet[str], sub_task_ids: AbstractSet[str], lookup: Lookup,
-              not_live_tasks: AbstractSet[str] | None = None) -> Verdicts:
+    def build(
+        cls,
+        task_ids: AbstractSet[str],
+        sub_task_ids: AbstractSet[str],
+        lookup: Lookup,
+        not_live_tasks: AbstractSet[str] | None = None,
+    ) -> Verdicts:
         """`not_live_tasks`: the task ids whose rows are missing or finished, when
         `lookup.tasks` holds only those rows; None when it holds every row found."""
 
         def problems(row_kind: str, ids: AbstractSet[str]) -> frozenset[str]:
             if row_kind == "task" and not_live_tasks is not None:  # set algebra, no loop
                 return frozenset((ids & lookup.invalid) | (ids & not_live_tasks))
-            return frozenset(db_id for db_id in ids if db_id in lookup.invalid
-                             or row_verdict(row_kind, db_id, lookup) is not None)
+            return frozenset(
+                db_id
+                for db_id in ids
+                if db_id in lookup.invalid or row_verdict(row_kind, db_id, lookup) is not None
+            )
 
         checked = {"task": task_ids, "sub_task": sub_task_ids}
         return cls(checked, {kind: problems(kind, ids) for kind, ids in checked.items()}, lookup)
@@ -112,8 +125,16 @@ def _sub_task_verdict(db_id: str, lookup: Lookup) -> Reason | None:
 
 
 def _finding(msg: Message, kind: FindingKind, reason: Reason, detail: str) -> Finding:
-    return Finding(kind, reason, msg.task_id, msg.task_name, msg.db_id, msg.location,
-                   detail=detail, row_kind=msg.row_kind)
+    return Finding(
+        kind,
+        reason,
+        msg.task_id,
+        msg.task_name,
+        msg.db_id,
+        msg.location,
+        detail=detail,
+        row_kind=msg.row_kind,
+    )
 
 
 def judge_result(meta: ResultMeta, now: float, retention_s: float) -> Finding | None:
@@ -123,12 +144,21 @@ def judge_result(meta: ResultMeta, now: float, retention_s: float) -> Finding | 
         return None
     age = None if meta.date_done is None else max(0.0, now - meta.date_done)
     detail = "key has no expiry" if reason is Reason.RESULT_NO_TTL else ""
-    return Finding(FindingKind.STALE_RESULT, reason, meta.task_id, "", None,
-                   _result_location(meta), age_s=age, detail=detail)
+    return Finding(
+        FindingKind.STALE_RESULT,
+        reason,
+        meta.task_id,
+        "",
+        None,
+        _result_location(meta),
+        age_s=age,
+        detail=detail,
+    )
 
 
-def result_verdict(date_done: float | None, ttl_s: int, now: float,
-                   retention_s: float) -> Reason | None:
+def result_verdict(
+    date_done: float | None, ttl_s: int, now: float, retention_s: float
+) -> Reason | None:
     """Why a result key is stale, from the two facts that decide it; None when it is not."""
     if date_done is not None and max(0.0, now - date_done) > retention_s:
         return Reason.RESULT_EXPIRED
@@ -189,8 +219,17 @@ class LostTracker:
         out = []
         for row in self._rows.values():
             age = None if row.updated_at is None else max(0.0, now - row.updated_at)
-            out.append(Finding(FindingKind.LOST, Reason.NO_MESSAGE, row.celery_id or "", "",
-                               row.db_id, Location(Where.DATABASE, state=row.status), age_s=age,
-                               detail=f"{row.row_kind} row '{row.status}' with no message",
-                               row_kind=row.row_kind))
+            out.append(
+                Finding(
+                    FindingKind.LOST,
+                    Reason.NO_MESSAGE,
+                    row.celery_id or "",
+                    "",
+                    row.db_id,
+                    Location(Where.DATABASE, state=row.status),
+                    age_s=age,
+                    detail=f"{row.row_kind} row '{row.status}' with no message",
+                    row_kind=row.row_kind,
+                )
+            )
         return out

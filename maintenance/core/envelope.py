@@ -67,8 +67,15 @@ def read_envelope(payload: Any, location: Location, bindings: BindingTable) -> M
         return Message(task_id, task_name, location, eta=eta)
     db_id, problem, detail = _bound_id(binding, task_id, payload, headers, properties, body_v1)
     if problem is not None:
-        return Message(task_id, task_name, location, row_kind=binding.kind, problem=problem,
-                       detail=detail, eta=eta)
+        return Message(
+            task_id,
+            task_name,
+            location,
+            row_kind=binding.kind,
+            problem=problem,
+            detail=detail,
+            eta=eta,
+        )
     return Message(task_id, task_name, location, db_id=db_id, row_kind=binding.kind, eta=eta)
 
 
@@ -121,10 +128,16 @@ def quick_message(read: Quick, location: Location, index: int | None = None) -> 
     The Location is built directly, as `replace(location, index=...)` then `_with_tag` would
     build it: two `dataclasses.replace` per finding cost more than the rest of judging it."""
     task_id, row_kind, db_id, task_name, tag, eta = read
-    place = Location(location.where, location.queue, location.priority, location.key,
-                     location.index if index is None else index,
-                     str(tag) if tag and not location.delivery_tag else location.delivery_tag,
-                     location.worker, location.state)
+    place = Location(
+        location.where,
+        location.queue,
+        location.priority,
+        location.key,
+        location.index if index is None else index,
+        str(tag) if tag and not location.delivery_tag else location.delivery_tag,
+        location.worker,
+        location.state,
+    )
     return Message(task_id, task_name, place, db_id=db_id, row_kind=row_kind, eta=eta)
 
 
@@ -135,9 +148,14 @@ def _with_tag(location: Location, tag: Any) -> Location:
     return location
 
 
-def _bound_id(binding: Binding, task_id: str, payload: dict[str, Any], headers: dict[str, Any],
-              properties: dict[str, Any], body_v1: dict[str, Any] | None,
-              ) -> tuple[str | None, Reason | None, str]:
+def _bound_id(
+    binding: Binding,
+    task_id: str,
+    payload: dict[str, Any],
+    headers: dict[str, Any],
+    properties: dict[str, Any],
+    body_v1: dict[str, Any] | None,
+) -> tuple[str | None, Reason | None, str]:
     """The database id a managed message carries: (id, None, "") or (None, reason, detail)."""
     args: Any = None
     kwargs: Any = None
@@ -154,19 +172,28 @@ def _bound_id(binding: Binding, task_id: str, payload: dict[str, Any], headers: 
     return str(db_id), None, ""
 
 
-def _usual_id(payload: dict[str, Any], headers: dict[str, Any], properties: dict[str, Any],
-              index: int | None, name: str | None) -> Any:
+def _usual_id(
+    payload: dict[str, Any],
+    headers: dict[str, Any],
+    properties: dict[str, Any],
+    index: int | None,
+    name: str | None,
+) -> Any:
     """The id the usual message carries, read the way `_bound_id` reads it but in one call:
     a JSON `[args, kwargs, embed]` body, base64 or not, uncompressed. None when the message is
     not that usual; quick_read then leaves it to `_bound_id`, so only str and int answers are
     ever trusted from here."""
     body = payload.get("body")
-    if not isinstance(body, str) or payload.get("content-type") not in _JSON_TYPES \
-            or headers.get("compression"):
+    if (
+        not isinstance(body, str)
+        or payload.get("content-type") not in _JSON_TYPES
+        or headers.get("compression")
+    ):
         return None
     try:
-        decoded = orjson.loads(binascii.a2b_base64(body)
-                               if properties.get("body_encoding") == "base64" else body)
+        decoded = orjson.loads(
+            binascii.a2b_base64(body) if properties.get("body_encoding") == "base64" else body
+        )
     except ValueError:  # binascii.Error, orjson.JSONDecodeError
         return None
     if not isinstance(decoded, list) or len(decoded) < 2:
@@ -219,4 +246,3 @@ def _decode_json_body(payload: dict[str, Any], properties: dict[str, Any]) -> An
 
 def _unreadable(location: Location, detail: str) -> Message:
     return Message("", "", location, problem=Reason.BAD_ENVELOPE, detail=detail)
-

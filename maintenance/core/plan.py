@@ -108,24 +108,36 @@ def orphan_action(finding: Finding, workers_alive: bool, now: float, policy: Pol
 def breaker_verdict(orphans: int, managed: int, policy: Policy) -> str:
     """A plan that is mostly orphans is what a wrong database URL or table name looks like."""
     if policy.max_orphans and orphans > policy.max_orphans:
-        return (f"{orphans} confirmed orphans exceed cleanup.max_orphans={policy.max_orphans}; "
-                "check the database URL and table mapping, or raise the limit explicitly "
-                "(--max-orphans)")
+        return (
+            f"{orphans} confirmed orphans exceed cleanup.max_orphans={policy.max_orphans}; "
+            "check the database URL and table mapping, or raise the limit explicitly "
+            "(--max-orphans)"
+        )
     if managed and orphans / managed > policy.max_orphan_ratio:
-        return (f"{orphans} of {managed} managed messages ({orphans / managed:.0%}) would be "
-                f"removed, above cleanup.max_orphan_ratio={policy.max_orphan_ratio}; check the "
-                "database URL and table mapping, or raise the limit explicitly "
-                "(--max-orphan-ratio)")
+        return (
+            f"{orphans} of {managed} managed messages ({orphans / managed:.0%}) would be "
+            f"removed, above cleanup.max_orphan_ratio={policy.max_orphan_ratio}; check the "
+            "database URL and table mapping, or raise the limit explicitly "
+            "(--max-orphan-ratio)"
+        )
     return ""
 
 
 def lost_action(policy: Policy) -> Action | None:
-    return {StuckAction.MARK_FAILED: Action.MARK_FAILED,
-            StuckAction.REQUEUE: Action.REQUEUE}.get(policy.stuck_action)
+    return {StuckAction.MARK_FAILED: Action.MARK_FAILED, StuckAction.REQUEUE: Action.REQUEUE}.get(
+        policy.stuck_action
+    )
 
 
-def make_plan(findings: Sequence[Finding], *, managed_messages: int, workers_alive: bool,
-              now: float, policy: Policy, recheck: Recheck) -> Plan:
+def make_plan(
+    findings: Sequence[Finding],
+    *,
+    managed_messages: int,
+    workers_alive: bool,
+    now: float,
+    policy: Policy,
+    recheck: Recheck,
+) -> Plan:
     actions: list[Planned] = []
     held: list[tuple[Finding, Hold]] = []
     orphan_actions: list[Planned] = []
@@ -159,11 +171,13 @@ def make_plan(findings: Sequence[Finding], *, managed_messages: int, workers_ali
 def needs_recheck(findings: Iterable[Finding], policy: Policy) -> list[Finding]:
     """Findings whose verdict rests on a row being missing: they wait for the grace period."""
     acting_on_lost = lost_action(policy) is not None
-    return [f for f in findings
-            if (f.kind is FindingKind.ORPHAN and not f.reason.certain)
-            or (f.kind is FindingKind.LOST and acting_on_lost)]
+    return [
+        f
+        for f in findings
+        if (f.kind is FindingKind.ORPHAN and not f.reason.certain)
+        or (f.kind is FindingKind.LOST and acting_on_lost)
+    ]
 
 
 def _distinct(planned: Iterable[Planned]) -> set[str]:
     return {p.finding.task_id for p in planned}
-

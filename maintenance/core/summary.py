@@ -17,8 +17,12 @@ from maintenance.core.report import ScanReport
 TOP_FINDINGS = 20  # findings kept per summary: enough to act on, small enough for one Redis value
 
 # Which findings a person should see first when only a few can be shown.
-_KIND_ORDER = {FindingKind.ORPHAN: 0, FindingKind.LOST: 1, FindingKind.UNREADABLE: 2,
-               FindingKind.STALE_RESULT: 3}
+_KIND_ORDER = {
+    FindingKind.ORPHAN: 0,
+    FindingKind.LOST: 1,
+    FindingKind.UNREADABLE: 2,
+    FindingKind.STALE_RESULT: 3,
+}
 
 
 @dataclass(frozen=True)
@@ -46,8 +50,7 @@ class ScanSummary:
         return self.findings_total == 0
 
     @classmethod
-    def from_report(cls, report: ScanReport, source: str, top: int = TOP_FINDINGS
-                    ) -> ScanSummary:
+    def from_report(cls, report: ScanReport, source: str, top: int = TOP_FINDINGS) -> ScanSummary:
         return cls(
             at=report.finished_at or report.started_at,
             started_at=report.started_at,
@@ -66,13 +69,20 @@ class ScanSummary:
 
     def as_dict(self) -> dict[str, Any]:
         return {
-            "at": self.at, "started_at": self.started_at,
-            "duration_s": round(self.duration_s, 3), "source": self.source,
-            "consistent": self.consistent, "counts": dict(self.counts),
-            "reasons": dict(self.reasons), "places": {k: dict(v) for k, v in self.places.items()},
-            "managed_messages": self.managed_messages, "results_scanned": self.results_scanned,
-            "workers": self.workers, "lost_checked": self.lost_checked,
-            "findings_total": self.findings_total, "top_findings": list(self.top_findings),
+            "at": self.at,
+            "started_at": self.started_at,
+            "duration_s": round(self.duration_s, 3),
+            "source": self.source,
+            "consistent": self.consistent,
+            "counts": dict(self.counts),
+            "reasons": dict(self.reasons),
+            "places": {k: dict(v) for k, v in self.places.items()},
+            "managed_messages": self.managed_messages,
+            "results_scanned": self.results_scanned,
+            "workers": self.workers,
+            "lost_checked": self.lost_checked,
+            "findings_total": self.findings_total,
+            "top_findings": list(self.top_findings),
             "notes": list(self.notes),
         }
 
@@ -90,8 +100,11 @@ class ScanSummary:
             results_scanned=int(doc.get("results_scanned", 0)),
             workers=int(doc.get("workers", 0)),
             lost_checked=bool(doc.get("lost_checked", False)),
-            findings_total=int(doc.get("findings_total", sum(
-                int(v) for v in dict(doc.get("counts") or {}).values()))),
+            findings_total=int(
+                doc.get(
+                    "findings_total", sum(int(v) for v in dict(doc.get("counts") or {}).values())
+                )
+            ),
             top_findings=tuple(doc.get("top_findings") or ()),
             notes=tuple(str(n) for n in doc.get("notes") or ()),
         )
@@ -115,8 +128,9 @@ def trend(latest: ScanSummary | None, previous: ScanSummary | None) -> dict[str,
     """Per finding kind, the change since the previous scan; None where nothing compares."""
     if latest is None:
         return {}
-    kinds = list(latest.counts) + [k for k in (previous.counts if previous else {})
-                                   if k not in latest.counts]
+    kinds = list(latest.counts) + [
+        k for k in (previous.counts if previous else {}) if k not in latest.counts
+    ]
     if previous is None:
         return {kind: None for kind in kinds}
     return {kind: latest.counts.get(kind, 0) - previous.counts.get(kind, 0) for kind in kinds}

@@ -1,6 +1,6 @@
 """Guards for the app's own tasks: skip a Celery task whose row is gone or finished.
 
-    from maintenance.guards import configure_guards, validate_task_exists
+from maintenance.guards import configure_guards, validate_task_exists
 """
 
 from maintenance.guards.decorators import SKIP_EVENT, validate_sub_task_exists, validate_task_exists

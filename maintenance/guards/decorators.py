@@ -87,8 +87,12 @@ class _ArgLocator:
         params = inspect.signature(fn).parameters
         if name not in params:
             raise TypeError(f"{fn.__qualname__} has no parameter {name!r} (id_arg)")
-        positional = [p.name for p in params.values() if p.kind in (
-            inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)]
+        positional = [
+            p.name
+            for p in params.values()
+            if p.kind
+            in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+        ]
         index = positional.index(name) if name in positional else None
         default = params[name].default
         return cls(name, index, None if default is inspect.Parameter.empty else default)
@@ -103,8 +107,10 @@ class _ArgLocator:
 
 def _wrap(kind: RowKind, fn: F, id_arg: str | None) -> F:
     if isinstance(fn, Task):
-        raise TypeError("put @validate_task_exists / @validate_sub_task_exists below @app.task, "
-                        "directly above the function")
+        raise TypeError(
+            "put @validate_task_exists / @validate_sub_task_exists below @app.task, "
+            "directly above the function"
+        )
     locator = None if id_arg is None else _ArgLocator.for_function(fn, id_arg)
 
     @functools.wraps(fn)
@@ -112,8 +118,7 @@ def _wrap(kind: RowKind, fn: F, id_arg: str | None) -> F:
         task, message_args = _owning_task(args)
         # Direct calls (`task(...)`, `task.run(...)`) are the caller's explicit choice: no guard.
         if task is not None and not task.request.called_directly:
-            db_id = locator.find(args, kwargs) if locator else _bound_id(task, message_args,
-                                                                         kwargs)
+            db_id = locator.find(args, kwargs) if locator else _bound_id(task, message_args, kwargs)
             _check(task, kind, db_id)
         return fn(*args, **kwargs)
 
@@ -134,9 +139,12 @@ def _owning_task(args: tuple[Any, ...]) -> tuple[Task | None, tuple[Any, ...]]:
 def _bound_id(task: Task, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     binding = guard_runtime().binding(task.name)
     if binding is None:
-        raise ConfigError(f"no [[bindings]] entry matches task {task.name!r}; add one or pass "
-                          "id_arg= to the guard decorator", key="bindings",
-                          source=guard_runtime().settings.source)
+        raise ConfigError(
+            f"no [[bindings]] entry matches task {task.name!r}; add one or pass "
+            "id_arg= to the guard decorator",
+            key="bindings",
+            source=guard_runtime().settings.source,
+        )
     return binding.extract(task.request.id, args, kwargs)
 
 
@@ -144,8 +152,12 @@ def _check(task: Task, kind: RowKind, raw_id: Any) -> None:
     """Return to run the body; otherwise raise Ignore (skip) or Retry (re-check later)."""
     request = task.request
     if raw_id is None:
-        log.warning("guard found no row id in the message; running unguarded",
-                    task_id=request.id, task_name=task.name, kind=kind)
+        log.warning(
+            "guard found no row id in the message; running unguarded",
+            task_id=request.id,
+            task_name=task.name,
+            kind=kind,
+        )
         return
     db_id = str(raw_id)
     runtime = guard_runtime()
@@ -163,12 +175,23 @@ def _check(task: Task, kind: RowKind, raw_id: Any) -> None:
     if verdict.action is Action.SKIP:
         _skip(task, kind, db_id, verdict.reason)
     record_recheck(verdict.reason.value)
-    log.info("row not found yet; re-checking", task_id=request.id, task_name=task.name,
-             db_id=db_id, kind=kind, reason=verdict.reason.value,
-             recheck=attempts.missing + 1, of=runtime.settings.guards.missing_retries,
-             delay_s=verdict.delay_s)
-    _recheck(task, replace(attempts, missing=attempts.missing + 1), verdict.delay_s,
-             f"{verdict.reason.value}: row {db_id}")
+    log.info(
+        "row not found yet; re-checking",
+        task_id=request.id,
+        task_name=task.name,
+        db_id=db_id,
+        kind=kind,
+        reason=verdict.reason.value,
+        recheck=attempts.missing + 1,
+        of=runtime.settings.guards.missing_retries,
+        delay_s=verdict.delay_s,
+    )
+    _recheck(
+        task,
+        replace(attempts, missing=attempts.missing + 1),
+        verdict.delay_s,
+        f"{verdict.reason.value}: row {db_id}",
+    )
 
 
 def _attempts(request: Any) -> Attempts:
@@ -179,22 +202,42 @@ def _attempts(request: Any) -> Attempts:
     return Attempts.from_header(value)
 
 
-def _database_unavailable(task: Task, runtime: GuardRuntime, attempts: Attempts, kind: RowKind,
-                          db_id: str, exc: DatabaseUnavailable) -> NoReturn:
+def _database_unavailable(
+    task: Task,
+    runtime: GuardRuntime,
+    attempts: Attempts,
+    kind: RowKind,
+    db_id: str,
+    exc: DatabaseUnavailable,
+) -> NoReturn:
     """Never skip on a failed read: back off and look again, or fail loudly after too long."""
     request = task.request
     verdict = judge_unavailable(attempts, runtime.settings.guards, random.random())
     if verdict.action is Action.GIVE_UP or request.is_eager:
-        log.error("database unreachable; guard gave up, task fails (not skipped)",
-                  task_id=request.id, task_name=task.name, db_id=db_id, kind=kind,
-                  attempts=attempts.db, error=str(exc))
+        log.error(
+            "database unreachable; guard gave up, task fails (not skipped)",
+            task_id=request.id,
+            task_name=task.name,
+            db_id=db_id,
+            kind=kind,
+            attempts=attempts.db,
+            error=str(exc),
+        )
         raise exc
     record_recheck("database_unavailable")
-    log.warning("⚠️ database unreachable; task kept, re-checking", task_id=request.id,
-                task_name=task.name, db_id=db_id, kind=kind, recheck=attempts.db + 1,
-                delay_s=round(verdict.delay_s, 3), error=str(exc))
-    _recheck(task, replace(attempts, db=attempts.db + 1), verdict.delay_s,
-             f"database unavailable: {exc}")
+    log.warning(
+        "⚠️ database unreachable; task kept, re-checking",
+        task_id=request.id,
+        task_name=task.name,
+        db_id=db_id,
+        kind=kind,
+        recheck=attempts.db + 1,
+        delay_s=round(verdict.delay_s, 3),
+        error=str(exc),
+    )
+    _recheck(
+        task, replace(attempts, db=attempts.db + 1), verdict.delay_s, f"database unavailable: {exc}"
+    )
 
 
 def _recheck(task: Task, attempts: Attempts, delay_s: float, why: str) -> NoReturn:
@@ -204,8 +247,12 @@ def _recheck(task: Task, attempts: Attempts, delay_s: float, why: str) -> NoRetu
     counter rides in a header. The worker logs Retry at INFO and stores state RETRY meanwhile.
     """
     request = task.request
-    sig = task.signature_from_request(request, countdown=delay_s, retries=request.retries,
-                                      headers={ATTEMPTS_HEADER: attempts.as_header()})
+    sig = task.signature_from_request(
+        request,
+        countdown=delay_s,
+        retries=request.retries,
+        headers={ATTEMPTS_HEADER: attempts.as_header()},
+    )
     if not request.is_eager:  # eager: Celery re-applies `sig` itself, at once
         sig.apply_async()
     raise Retry(why, when=delay_s, is_eager=request.is_eager, sig=sig)
@@ -214,13 +261,27 @@ def _recheck(task: Task, attempts: Attempts, delay_s: float, why: str) -> NoRetu
 def _skip(task: Task, kind: RowKind, db_id: str, reason: Reason) -> NoReturn:
     """Store REVOKED, make the skip visible (log, counters, Celery event), then end with Ignore."""
     request = task.request
-    log.info("🚫 task skipped: its row is gone or finished", task_id=request.id,
-             task_name=task.name, db_id=db_id, kind=kind, reason=reason.value)
+    log.info(
+        "🚫 task skipped: its row is gone or finished",
+        task_id=request.id,
+        task_name=task.name,
+        db_id=db_id,
+        kind=kind,
+        reason=reason.value,
+    )
     if not request.is_eager and _stores_result(task, request):
-        task.backend.mark_as_revoked(request.id, f"guard: {reason.value} (row {db_id})",
-                                     request=request)
-    record_skip(GuardSkip(task_name=task.name, task_id=str(request.id), db_id=db_id, kind=kind,
-                          reason=reason.value))
+        task.backend.mark_as_revoked(
+            request.id, f"guard: {reason.value} (row {db_id})", request=request
+        )
+    record_skip(
+        GuardSkip(
+            task_name=task.name,
+            task_id=str(request.id),
+            db_id=db_id,
+            kind=kind,
+            reason=reason.value,
+        )
+    )
     if not request.is_eager:
         guard_runtime().publish_skip(reason.value)
     if not request.is_eager:
@@ -238,7 +299,8 @@ def _stores_result(task: Task, request: Any) -> bool:
 def _send_skip_event(task: Task, kind: RowKind, db_id: str, reason: Reason) -> None:
     """`Ignore` alone is invisible to Flower and exporters; this event is not. Best effort."""
     try:
-        task.send_event(SKIP_EVENT, retry=False, name=task.name, db_id=db_id, kind=kind,
-                        reason=reason.value)
+        task.send_event(
+            SKIP_EVENT, retry=False, name=task.name, db_id=db_id, kind=kind, reason=reason.value
+        )
     except Exception as exc:
         log.warning("could not send the skip event", task_id=task.request.id, error=str(exc))

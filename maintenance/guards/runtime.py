@@ -132,16 +132,18 @@ _runtime: GuardRuntime | None = None
 _runtime_lock = threading.Lock()
 
 
-def configure_guards(settings: Settings | None = None, *,
-                     config_path: str | Path | None = None) -> GuardRuntime:
+def configure_guards(
+    settings: Settings | None = None, *, config_path: str | Path | None = None
+) -> GuardRuntime:
     """Give the guards their settings explicitly (from the app's Celery module), or a file path.
 
     Opens no connection: the pool is created by the first guarded task of each process.
     """
     global _runtime
     if settings is None:
-        settings = load_settings(resolve_config_path(
-            None if config_path is None else str(config_path), os.environ))
+        settings = load_settings(
+            resolve_config_path(None if config_path is None else str(config_path), os.environ)
+        )
     with _runtime_lock:
         if _runtime is not None:
             _runtime.close()

@@ -52,8 +52,7 @@ def _counter(name: str, doc: str, labels: list[str] | None = None) -> CounterMet
 
 
 def _backend_metrics(snap: Snapshot) -> Iterator[Metric]:
-    up = _gauge("backend_up", "1 if the last monitor refresh could read this backend",
-                ["backend"])
+    up = _gauge("backend_up", "1 if the last monitor refresh could read this backend", ["backend"])
     up.add_metric(["redis"], float(snap.redis_ok))
     up.add_metric(["database"], float(snap.database_ok))
     yield up
@@ -63,16 +62,18 @@ def _backend_metrics(snap: Snapshot) -> Iterator[Metric]:
 
 
 def _broker_metrics(snap: Snapshot) -> Iterator[Metric]:
-    waiting = _gauge("queue_messages", "Messages waiting in a queue's priority list",
-                     ["queue", "priority"])
+    waiting = _gauge(
+        "queue_messages", "Messages waiting in a queue's priority list", ["queue", "priority"]
+    )
     for depth in snap.queues:
         waiting.add_metric([depth.queue, str(depth.band)], depth.messages)
     yield waiting
     unacked = _gauge("unacked_messages", "Messages delivered to workers and not yet acked")
     unacked.add_metric([], snap.unacked)
     yield unacked
-    oldest = _gauge("unacked_oldest_age_seconds",
-                    "Age of the oldest unacked message (0 when there is none)")
+    oldest = _gauge(
+        "unacked_oldest_age_seconds", "Age of the oldest unacked message (0 when there is none)"
+    )
     oldest.add_metric([], snap.unacked_oldest_age_s or 0.0)
     yield oldest
     if snap.workers is not None:
@@ -94,10 +95,14 @@ def _scan_metrics(snap: Snapshot) -> Iterator[Metric]:
         findings.add_metric([kind], count)
     yield findings
     for name, doc, value in (
-            ("scan_timestamp_seconds", "When the latest scan finished", latest.at),
-            ("scan_duration_seconds", "How long the latest scan took", latest.duration_s),
-            ("scan_managed_messages", "Messages bound to a row in the latest scan",
-             latest.managed_messages)):
+        ("scan_timestamp_seconds", "When the latest scan finished", latest.at),
+        ("scan_duration_seconds", "How long the latest scan took", latest.duration_s),
+        (
+            "scan_managed_messages",
+            "Messages bound to a row in the latest scan",
+            latest.managed_messages,
+        ),
+    ):
         gauge = _gauge(name, doc)
         gauge.add_metric([], value)
         yield gauge
@@ -105,8 +110,7 @@ def _scan_metrics(snap: Snapshot) -> Iterator[Metric]:
 
 def _history_metrics(snap: Snapshot) -> Iterator[Metric]:
     history = snap.history
-    actions = _counter("actions", "Actions taken by finished maintenance runs, by kind",
-                       ["action"])
+    actions = _counter("actions", "Actions taken by finished maintenance runs, by kind", ["action"])
     for action, count in sorted(history.action_totals.items()):
         actions.add_metric([action], count)
     yield actions
@@ -130,8 +134,7 @@ def _last_run_metrics(run: dict[str, Any]) -> Iterator[Metric]:
     duration = _gauge("last_run_duration_seconds", "How long the last finished run took")
     duration.add_metric([], max(0.0, float(run["finished_at"]) - float(run["started_at"])))
     yield duration
-    outcome = _gauge("last_run_outcome", "1 for the outcome of the last finished run",
-                     ["outcome"])
+    outcome = _gauge("last_run_outcome", "1 for the outcome of the last finished run", ["outcome"])
     for name in sorted({*RUN_OUTCOMES, str(run.get("outcome"))}):
         outcome.add_metric([name], float(name == run.get("outcome")))
     yield outcome

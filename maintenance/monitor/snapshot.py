@@ -46,15 +46,23 @@ class Snapshot:
         return {
             "taken_at": self.taken_at,
             "queues": [vars(q) for q in self.queues],
-            "unacked": {"messages": self.unacked, "oldest_age_s": _round(
-                self.unacked_oldest_age_s)},
-            "workers": None if self.workers is None else {
-                "online": len(self.workers), "names": list(self.workers),
-                "checked_at": self.workers_checked_at},
-            "scan": {"latest": self.latest.as_dict() if self.latest else None,
-                     "previous_at": self.previous.at if self.previous else None,
-                     "previous_counts": self.previous.counts if self.previous else None,
-                     "trend": trend(self.latest, self.previous)},
+            "unacked": {
+                "messages": self.unacked,
+                "oldest_age_s": _round(self.unacked_oldest_age_s),
+            },
+            "workers": None
+            if self.workers is None
+            else {
+                "online": len(self.workers),
+                "names": list(self.workers),
+                "checked_at": self.workers_checked_at,
+            },
+            "scan": {
+                "latest": self.latest.as_dict() if self.latest else None,
+                "previous_at": self.previous.at if self.previous else None,
+                "previous_counts": self.previous.counts if self.previous else None,
+                "trend": trend(self.latest, self.previous),
+            },
             "runs": [_jsonable_run(run) for run in self.history.recent],
             "actions_total": self.history.action_totals,
             "runs_total": self.history.outcome_totals,
@@ -65,9 +73,16 @@ class Snapshot:
 
 
 class SnapshotReader:
-    def __init__(self, live: LiveStateReader, queues: tuple[str, ...],
-                 workers: WorkerControl | None, history: HistoryReader | None, *,
-                 workers_every_s: float = 10.0, clock: Callable[[], float] = time.time):
+    def __init__(
+        self,
+        live: LiveStateReader,
+        queues: tuple[str, ...],
+        workers: WorkerControl | None,
+        history: HistoryReader | None,
+        *,
+        workers_every_s: float = 10.0,
+        clock: Callable[[], float] = time.time,
+    ):
         self.live = live
         self.queues = queues
         self.workers = workers
@@ -84,10 +99,16 @@ class SnapshotReader:
         parts: dict[str, Any] = {"taken_at": now}
         try:
             state = self.live.read(self.queues)
-            parts.update(queues=state.queues, unacked=state.unacked, latest=state.latest,
-                         previous=state.previous, guard_skips=state.guard_skips,
-                         unacked_oldest_age_s=None if state.oldest_taken_at is None
-                         else max(0.0, now - state.oldest_taken_at))
+            parts.update(
+                queues=state.queues,
+                unacked=state.unacked,
+                latest=state.latest,
+                previous=state.previous,
+                guard_skips=state.guard_skips,
+                unacked_oldest_age_s=None
+                if state.oldest_taken_at is None
+                else max(0.0, now - state.oldest_taken_at),
+            )
             self._refresh_workers(now)
         except UnavailableError as exc:
             parts["redis_ok"] = False
@@ -98,8 +119,12 @@ class SnapshotReader:
             except UnavailableError as exc:
                 parts["database_ok"] = False
                 errors.append(str(exc))
-        return Snapshot(**parts, workers=self._workers, workers_checked_at=self._workers_at,
-                        errors=tuple(errors))
+        return Snapshot(
+            **parts,
+            workers=self._workers,
+            workers_checked_at=self._workers_at,
+            errors=tuple(errors),
+        )
 
     def _refresh_workers(self, now: float) -> None:
         """Ping blocks for its whole timeout, so ask only every `workers_every_s`."""

@@ -37,9 +37,18 @@ _TASK_ID, _ROW_KIND, _DB_ID = itemgetter(0), itemgetter(1), itemgetter(2)
 class LookupBatcher:
     """Collects managed messages into look-up batches and judges them as look-ups complete."""
 
-    def __init__(self, verdicts: LookUp, bindings: BindingTable, report: ScanReport,
-                 pool: ThreadPoolExecutor, lost: LostTracker, only: str | None, *,
-                 batch_size: int, clock: Callable[[], float]):
+    def __init__(
+        self,
+        verdicts: LookUp,
+        bindings: BindingTable,
+        report: ScanReport,
+        pool: ThreadPoolExecutor,
+        lost: LostTracker,
+        only: str | None,
+        *,
+        batch_size: int,
+        clock: Callable[[], float],
+    ):
         self.verdicts = verdicts  # runs on the `pool` thread
         self.bindings = bindings
         self.report = report
@@ -166,8 +175,13 @@ class LookupBatcher:
         while self.in_flight:
             self._judge(*self.in_flight.popleft())
 
-    def _judge(self, batch: Iterable[Message | Segment], task_ids: AbstractSet[str],
-               sub_ids: AbstractSet[str], future: Future[Verdicts]) -> None:
+    def _judge(
+        self,
+        batch: Iterable[Message | Segment],
+        task_ids: AbstractSet[str],
+        sub_ids: AbstractSet[str],
+        future: Future[Verdicts],
+    ) -> None:
         """Judge a batch whose look-up of `task_ids` and `sub_ids` is `future`.
 
         A segment whose bound ids were all looked up visits only the reads whose id is one the
@@ -181,8 +195,7 @@ class LookupBatcher:
         for item in batch:
             if not isinstance(item, tuple):
                 msg = item
-                ok = msg.problem is None and msg.db_id is not None and fine(msg.row_kind,
-                                                                           msg.db_id)
+                ok = msg.problem is None and msg.db_id is not None and fine(msg.row_kind, msg.db_id)
                 self._verdict(msg, None if ok else judge_message(msg, verdicts.lookup), now)
                 continue
             place, start, reads, all_looked_up = item

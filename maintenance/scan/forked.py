@@ -69,6 +69,7 @@ def _child(fn: Callable[[Report], T], write_fd: int) -> None:
     code = 0
     try:
         with os.fdopen(write_fd, "wb") as pipe:
+
             def send(kind: bytes, value: Any) -> None:
                 data = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
                 pipe.write(_HEADER.pack(kind, len(data)) + data)

@@ -33,9 +33,16 @@ LOGGED_FINDINGS_MAX = 1000  # one line per orphan in the log file, up to this ma
 
 
 class Reconciler:
-    def __init__(self, settings: Settings, reader: RedisReader, db: TaskDatabase,
-                 workers: WorkerControl | None = None, *, progress: Progress | None = None,
-                 clock: Callable[[], float] = time.time):
+    def __init__(
+        self,
+        settings: Settings,
+        reader: RedisReader,
+        db: TaskDatabase,
+        workers: WorkerControl | None = None,
+        *,
+        progress: Progress | None = None,
+        clock: Callable[[], float] = time.time,
+    ):
         self.settings = settings
         self.reader = reader
         self.db = db
@@ -54,17 +61,26 @@ class Reconciler:
         self.db.validate()
         lost = self._lost_tracker(report)
         # Exits run in reverse: the look-up thread finishes before its connection closes.
-        with self.db.pinned_verdicts() as verdicts, \
-                ThreadPoolExecutor(max_workers=1, thread_name_prefix="results") as side, \
-                ThreadPoolExecutor(max_workers=1, thread_name_prefix="db-lookup") as pool, \
-                ThreadPoolExecutor(max_workers=1, thread_name_prefix="workers") as aside:
+        with (
+            self.db.pinned_verdicts() as verdicts,
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="results") as side,
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="db-lookup") as pool,
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="workers") as aside,
+        ):
             background = self._start_results(side, only) if results else None
             try:
                 # Workers answer within the inspect timeout: scan the queues meanwhile.
                 asked = aside.submit(self._worker_view)
-                batcher = LookupBatcher(verdicts, self.bindings, report, pool, lost, only,
-                                        batch_size=self.settings.database.batch_size,
-                                        clock=self.clock)
+                batcher = LookupBatcher(
+                    verdicts,
+                    self.bindings,
+                    report,
+                    pool,
+                    lost,
+                    only,
+                    batch_size=self.settings.database.batch_size,
+                    clock=self.clock,
+                )
                 self._scan_queues(batcher, report, asked)
                 self._take_held(report, batcher, asked)
                 self._scan_unacked(batcher)
@@ -81,11 +97,16 @@ class Reconciler:
                     background.cancel()
                 raise
         if report.lost_checked:
-            report.findings.extend(f for f in lost.findings(self.clock())
-                                   if only is None or only in (f.db_id, f.task_id))
+            report.findings.extend(
+                f
+                for f in lost.findings(self.clock())
+                if only is None or only in (f.db_id, f.task_id)
+            )
         if only is not None and not (report.places or report.findings or report.notes):
-            report.notes.append(f"{only} was found nowhere: not in the scanned queues, unacked, "
-                                "live workers or result keys")
+            report.notes.append(
+                f"{only} was found nowhere: not in the scanned queues, unacked, "
+                "live workers or result keys"
+            )
         report.finished_at = self.clock()
         self._log(report)
         return report
@@ -95,8 +116,10 @@ class Reconciler:
             report.notes.append("lost rows not checked: tasks.updated_at_column is not set")
             return LostTracker(())
         if self.settings.scan.inspect_workers is False:
-            report.notes.append("lost rows not checked: scan.inspect_workers is off, so running "
-                                "tasks cannot be told from lost ones")
+            report.notes.append(
+                "lost rows not checked: scan.inspect_workers is off, so running "
+                "tasks cannot be told from lost ones"
+            )
             return LostTracker(())
         report.lost_checked = True
         stuck_s = self.settings.scan.stuck_after_h * 3600
@@ -108,16 +131,18 @@ class Reconciler:
             return None
         return self.workers.snapshot(self.bindings)
 
-    def _take_held(self, report: ScanReport, batcher: LookupBatcher,
-                   asked: Future[WorkerView | None]) -> None:
+    def _take_held(
+        self, report: ScanReport, batcher: LookupBatcher, asked: Future[WorkerView | None]
+    ) -> None:
         if batcher.held is None:
             view = asked.result()  # re-raises BrokerUnavailable: no verdict
             if view is not None:
                 report.workers, report.workers_inspected = view.workers, True
             batcher.know_held(() if view is None else view.messages)
 
-    def _scan_queues(self, batcher: LookupBatcher, report: ScanReport,
-                     asked: Future[WorkerView | None]) -> None:
+    def _scan_queues(
+        self, batcher: LookupBatcher, report: ScanReport, asked: Future[WorkerView | None]
+    ) -> None:
         layout = self.reader.layout
         for queue in self.settings.scan.queues:
             keys = layout.queue_keys(queue)
@@ -137,8 +162,9 @@ class Reconciler:
         done = 0
         for chunk in self.reader.iter_unacked():
             for entry in chunk:
-                location = Location(Where.UNACKED, key=layout.unacked,
-                                    delivery_tag=entry.delivery_tag)
+                location = Location(
+                    Where.UNACKED, key=layout.unacked, delivery_tag=entry.delivery_tag
+                )
                 msg = parse_unacked_entry(entry.raw, location, self.bindings)
                 batcher.add(replace(msg, taken_at=entry.taken_at))
             done += len(chunk)
@@ -146,8 +172,10 @@ class Reconciler:
 
     def _start_results(self, side: ThreadPoolExecutor, only: str | None) -> BackgroundResults:
         now, retention_s = self.clock(), self.settings.scan.result_retention_h * 3600
-        return BackgroundResults(side, lambda report, stop: scan_results(
-            self.reader, now, retention_s, only, report, stop))
+        return BackgroundResults(
+            side,
+            lambda report, stop: scan_results(self.reader, now, retention_s, only, report, stop),
+        )
 
     def _merge_results(self, report: ScanReport, found: ResultScan) -> None:
         """The result keys' findings go after the queues', as when they were read in order."""
@@ -158,15 +186,27 @@ class Reconciler:
     def _log(self, report: ScanReport) -> None:
         orphans = report.of_kind(FindingKind.ORPHAN)
         for finding in orphans[:LOGGED_FINDINGS_MAX]:
-            log.info("⚠️ orphan found", task_id=finding.task_id, task_name=finding.task_name,
-                     db_id=finding.db_id, reason=finding.reason.value,
-                     location=finding.location.describe())
+            log.info(
+                "⚠️ orphan found",
+                task_id=finding.task_id,
+                task_name=finding.task_name,
+                db_id=finding.db_id,
+                reason=finding.reason.value,
+                location=finding.location.describe(),
+            )
         if orphans:
-            log.warning("⚠️ orphans found", orphans=len(orphans),
-                        logged=min(len(orphans), LOGGED_FINDINGS_MAX))
-        log.info("scan finished", duration_s=round(report.finished_at - report.started_at, 3),
-                 managed=report.managed_messages, results=report.results_scanned,
-                 **report.counts())
+            log.warning(
+                "⚠️ orphans found",
+                orphans=len(orphans),
+                logged=min(len(orphans), LOGGED_FINDINGS_MAX),
+            )
+        log.info(
+            "scan finished",
+            duration_s=round(report.finished_at - report.started_at, 3),
+            managed=report.managed_messages,
+            results=report.results_scanned,
+            **report.counts(),
+        )
 
 
 @contextmanager

@@ -27,10 +27,17 @@ class ResultScan:
     scanned: int = 0
 
 
-def scan_results(reader: RedisReader, now: float, retention_s: float, only: str | None,
-                 report: Report, stop: threading.Event | None = None) -> list[str]:
+def scan_results(
+    reader: RedisReader,
+    now: float,
+    retention_s: float,
+    only: str | None,
+    report: Report,
+    stop: threading.Event | None = None,
+) -> list[str]:
     """Reports (keys read, findings) per SCAN batch as it goes, so that a forked child never
     holds them all; returns the notes of a `--task-id` scan."""
+
     def maybe_stale(date_done: float | None, ttl_s: int) -> bool:
         return result_verdict(date_done, ttl_s, now, retention_s) is not None
 
@@ -57,8 +64,9 @@ class BackgroundResults:
     """Started before the queue scan (so a fork happens before any thread exists), collected
     after it with `wait`, or abandoned with `cancel` when the scan fails."""
 
-    def __init__(self, side: ThreadPoolExecutor,
-                 work: Callable[[Report, threading.Event], list[str]]):
+    def __init__(
+        self, side: ThreadPoolExecutor, work: Callable[[Report, threading.Event], list[str]]
+    ):
         self.found = ResultScan()
         self._stop = threading.Event()
         self._call: ForkedCall[list[str]] | None = None

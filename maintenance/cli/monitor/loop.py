@@ -44,9 +44,15 @@ def exit_code(snap: Snapshot) -> ExitCode:
 
 
 class Monitor:
-    def __init__(self, reader: SnapshotReader, options: MonitorOptions, *,
-                 collector: SnapshotCollector | None = None, scanner: Scanner | None = None,
-                 out: TextIO | None = None):
+    def __init__(
+        self,
+        reader: SnapshotReader,
+        options: MonitorOptions,
+        *,
+        collector: SnapshotCollector | None = None,
+        scanner: Scanner | None = None,
+        out: TextIO | None = None,
+    ):
         self.reader = reader
         self.options = options
         self.collector = collector
@@ -106,14 +112,23 @@ class Monitor:
         with screen.active():
             for _ in self._ticks(screen):
                 snap = self.refresh(on_scan_start=partial(self._draw_scanning, screen, snap))
-                screen.draw(render_snapshot(snap, verbose=self.options.verbose,
-                                            interval_s=self.options.interval_s))
+                screen.draw(
+                    render_snapshot(
+                        snap, verbose=self.options.verbose, interval_s=self.options.interval_s
+                    )
+                )
         return int(exit_code(snap)) if snap else int(ExitCode.OK)
 
     def _draw_scanning(self, screen: FullScreen, snap: Snapshot | None) -> None:
         if snap is not None:
-            screen.draw(render_snapshot(snap, verbose=self.options.verbose,
-                                        interval_s=self.options.interval_s, scanning=True))
+            screen.draw(
+                render_snapshot(
+                    snap,
+                    verbose=self.options.verbose,
+                    interval_s=self.options.interval_s,
+                    scanning=True,
+                )
+            )
         else:
             screen.draw("task-cleanup monitor   scanning...")
 

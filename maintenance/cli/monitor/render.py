@@ -13,8 +13,13 @@ from maintenance.monitor.snapshot import Snapshot
 RUN_ACTION_KEYS_SHOWN = 4  # per run line; the rest is in `history`
 
 
-def render_snapshot(snap: Snapshot, *, verbose: bool = False, interval_s: float | None = None,
-                    scanning: bool = False) -> str:
+def render_snapshot(
+    snap: Snapshot,
+    *,
+    verbose: bool = False,
+    interval_s: float | None = None,
+    scanning: bool = False,
+) -> str:
     clock = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(snap.taken_at))
     every = f", every {interval_s:g}s, q to quit" if interval_s else ""
     out = [f"task-cleanup monitor   {clock}{every}{'   scanning...' if scanning else ''}"]
@@ -31,11 +36,16 @@ def render_snapshot(snap: Snapshot, *, verbose: bool = False, interval_s: float 
 
 
 def _queues(snap: Snapshot) -> list[str]:
-    rows = [(q.queue if not q.band else f"{q.queue}[priority {q.band}]", f"{q.messages:,}")
-            for q in snap.queues]
+    rows = [
+        (q.queue if not q.band else f"{q.queue}[priority {q.band}]", f"{q.messages:,}")
+        for q in snap.queues
+    ]
     lines = table(["queue", "waiting"], rows).splitlines()
-    oldest = (f", oldest taken {human_age(snap.unacked_oldest_age_s)} ago"
-              if snap.unacked_oldest_age_s is not None else "")
+    oldest = (
+        f", oldest taken {human_age(snap.unacked_oldest_age_s)} ago"
+        if snap.unacked_oldest_age_s is not None
+        else ""
+    )
     lines.append(f"unacked: {snap.unacked:,} held by workers{oldest}")
     if snap.workers is None:
         lines.append("workers: not known yet")
@@ -49,14 +59,17 @@ def _scan(latest: ScanSummary | None, previous: ScanSummary | None, now: float) 
     if latest is None:
         return ["latest scan: none yet (run `task-cleanup check`, or `monitor --scan`)"]
     verdict = "consistent" if latest.consistent else f"{latest.findings_total:,} findings"
-    head = (f"latest scan: {verdict}, {human_age(now - latest.at)} ago by "
-            f"{latest.source or '?'} ({latest.duration_s:.1f}s, "
-            f"{latest.managed_messages:,} managed messages)")
+    head = (
+        f"latest scan: {verdict}, {human_age(now - latest.at)} ago by "
+        f"{latest.source or '?'} ({latest.duration_s:.1f}s, "
+        f"{latest.managed_messages:,} managed messages)"
+    )
     if previous is not None:
         head += f"; previous {human_age(now - previous.at)} ago"
     changes = trend(latest, previous)
-    rows = [(kind, f"{count:,}", _signed(changes.get(kind))) for kind, count in
-            latest.counts.items()]
+    rows = [
+        (kind, f"{count:,}", _signed(changes.get(kind))) for kind, count in latest.counts.items()
+    ]
     return [head, *table(["finding", "count", "trend"], rows).splitlines()]
 
 
@@ -78,8 +91,10 @@ def finding_line(doc: Mapping[str, Any]) -> str:
         where = f"worker {loc.get('worker')} ({loc.get('state')})"
     age = f" age={human_age(doc['age_s'])}" if doc.get("age_s") is not None else ""
     row = f" row={doc['db_id']}" if doc.get("db_id") else ""
-    return (f"  {doc.get('kind', '?'):<12} {doc.get('reason', '?'):<16} "
-            f"{doc.get('task_id') or '-'} {doc.get('task_name') or ''}{row} at {where}{age}")
+    return (
+        f"  {doc.get('kind', '?'):<12} {doc.get('reason', '?'):<16} "
+        f"{doc.get('task_id') or '-'} {doc.get('task_name') or ''}{row} at {where}{age}"
+    )
 
 
 def _runs(snap: Snapshot) -> list[str]:
@@ -91,10 +106,19 @@ def _runs(snap: Snapshot) -> list[str]:
         started = time.strftime("%m-%d %H:%M", time.localtime(run.get("started_at") or 0))
         finished = run.get("finished_at")
         took = f"{finished - run['started_at']:.1f}s" if finished else "-"
-        rows.append((started, run.get("mode", ""), run.get("outcome", ""), took,
-                     _counts_text(run.get("counts") or {})))
-    return ["maintenance runs:", *table(["started", "mode", "outcome", "took", "did"],
-                                        rows).splitlines()]
+        rows.append(
+            (
+                started,
+                run.get("mode", ""),
+                run.get("outcome", ""),
+                took,
+                _counts_text(run.get("counts") or {}),
+            )
+        )
+    return [
+        "maintenance runs:",
+        *table(["started", "mode", "outcome", "took", "did"], rows).splitlines(),
+    ]
 
 
 def _counts_text(counts: Mapping[str, Any]) -> str:

@@ -66,8 +66,11 @@ class FullScreen:
 def quiet_console() -> Iterator[None]:
     """Silence log lines to the terminal while the full screen owns it (the log file keeps them)."""
     root = logging.getLogger()
-    muted = [(h, h.level) for h in root.handlers
-             if type(h) is logging.StreamHandler and getattr(h, "stream", None) is sys.stderr]
+    muted = [
+        (h, h.level)
+        for h in root.handlers
+        if type(h) is logging.StreamHandler and getattr(h, "stream", None) is sys.stderr
+    ]
     for handler, _ in muted:
         handler.setLevel(logging.CRITICAL + 1)
     try:
