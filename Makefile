@@ -22,7 +22,8 @@ demo: system-deps install
 	$(BIN)/python -m scripts.demo
 
 test: install
-	$(BIN)/ruff check maintenance tests bench scripts
+	$(BIN)/ruff check maintenance tests bench scripts examples
+	$(BIN)/ruff format --check maintenance tests bench scripts examples
 	$(BIN)/mypy
 	$(BIN)/python -m pytest -q
 

@@ -51,7 +51,9 @@ class CheckRun:
     problems: tuple[str, ...]  # differences between the report and what was planted
 
 
-def run_check(config: Path, redis_url: str, planted: Planted, nice: int) -> CheckRun:
+def run_check(
+    config: Path, redis_url: str, planted: Planted, nice: int, cli: Path = CLI
+) -> CheckRun:
     """One `check --json` subprocess, its memory polled from /proc while it runs."""
     env = {k: v for k, v in os.environ.items() if k not in ENV_OVERRIDES}
     out_path, err_path = config.parent / "check.json", config.parent / "check.err"
@@ -63,7 +65,7 @@ def run_check(config: Path, redis_url: str, planted: Planted, nice: int) -> Chec
     ):
         started = time.perf_counter()
         proc = subprocess.Popen(
-            [str(CLI), "--config", str(config), "check", "--json"],
+            [str(cli), "--config", str(config), "check", "--json"],
             stdout=out,
             stderr=err,
             env=env,
@@ -186,10 +188,22 @@ def bench_size(
         f"p99 {idle.stats.p99_ms:.2f} ms",
         flush=True,
     )
-    runs = []
+    runs, baseline = [], []
     for i in range(1, args.runs + 1):
+        if args.baseline_cli:  # alternately, on the same data: side by side in one session
+            baseline.append(
+                run_check(config, redis_url, planted, args.probe_nice, args.baseline_cli)
+            )
+            print("baseline " + describe_check(i, baseline[-1], messages), flush=True)
         runs.append(run_check(config, redis_url, planted, args.probe_nice))
         print(describe_check(i, runs[-1], messages), flush=True)
+    if baseline:
+        ours, theirs = (statistics.median(r.wall_s for r in rs) for rs in (runs, baseline))
+        print(
+            f"check vs baseline (median wall): {ours:.2f} s vs {theirs:.2f} s, "
+            f"ratio {ours / theirs:.3f}",
+            flush=True,
+        )
     naive = None
     if not args.no_naive:
         naive = run_naive(redis_url, db_url, planted.keys, args.naive_sample, args.probe_nice)
@@ -239,6 +253,12 @@ def main() -> int:
         help="items per naive per-item loop before extrapolating",
     )
     parser.add_argument("--no-naive", action="store_true", help="skip the naive approach")
+    parser.add_argument(
+        "--baseline-cli",
+        type=Path,
+        help="another task-cleanup (e.g. an earlier checkout's .venv/bin/task-cleanup) run "
+        "alternately with ours on the same data",
+    )
     parser.add_argument(
         "--probe-nice",
         type=int,

@@ -62,15 +62,19 @@ class Inbox:
 def smtp_fixture() -> Iterator[tuple[Inbox, int]]:
     inbox = Inbox()
 
-    def authenticate(server: Any, session: Any, envelope: Any, mechanism: str,
-                     auth_data: Any) -> AuthResult:
+    def authenticate(
+        server: Any, session: Any, envelope: Any, mechanism: str, auth_data: Any
+    ) -> AuthResult:
         ok = isinstance(auth_data, LoginPassword) and (auth_data.login, auth_data.password) == (
-            b"alerts", b"s3cret")
+            b"alerts",
+            b"s3cret",
+        )
         return AuthResult(success=ok)
 
     port = free_port()
-    controller = Controller(inbox, hostname="127.0.0.1", port=port, authenticator=authenticate,
-                            auth_require_tls=False)
+    controller = Controller(
+        inbox, hostname="127.0.0.1", port=port, authenticator=authenticate, auth_require_tls=False
+    )
     controller.start()
     yield inbox, port
     controller.stop()

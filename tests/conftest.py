@@ -62,8 +62,7 @@ def redis_client(redis_url: str) -> Iterator[redis.Redis]:
 def database_url(pg_server: PostgresServer) -> Iterator[str]:
     """A new, empty PostgreSQL database with the demo schema."""
     name = f"t{os.getpid()}_{next(_db_counter)}"
-    admin = sa.create_engine(pg_server.url, isolation_level="AUTOCOMMIT",
-                             pool_pre_ping=True)
+    admin = sa.create_engine(pg_server.url, isolation_level="AUTOCOMMIT", pool_pre_ping=True)
     with admin.connect() as conn:
         conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
     url = pg_server.url.rsplit("/", 1)[0] + f"/{name}"
@@ -99,9 +98,14 @@ id_from = "kwargs.task_id"
 """
 
 
-def write_config(path: Path, redis_url: str, database_url: str, extra: str = "",
-                 bindings: str = DEFAULT_BINDINGS, queues: tuple[str, ...] = (
-                     "video_processing", "celery")) -> Path:
+def write_config(
+    path: Path,
+    redis_url: str,
+    database_url: str,
+    extra: str = "",
+    bindings: str = DEFAULT_BINDINGS,
+    queues: tuple[str, ...] = ("video_processing", "celery"),
+) -> Path:
     queue_list = ", ".join(f'"{q}"' for q in queues)
     path.write_text(f"""
 [redis]
@@ -129,7 +133,7 @@ queues = [{queue_list}]
 inspect_timeout_s = 1.0
 
 [logging]
-dir = "{path.parent / 'logs'}"
+dir = "{path.parent / "logs"}"
 {extra}
 {bindings}
 """)
@@ -149,9 +153,13 @@ def settings(config_file: Path) -> Settings:
 def producer_app(redis_url: str, **conf: Any) -> Celery:
     """The monitored app as a producer: real Celery messages through a real broker."""
     app = Celery("producer", set_as_current=False)
-    app.conf.update(broker_url=redis_url, result_backend=redis_url,
-                    accept_content=["json", "pickle"], task_default_queue="video_processing",
-                    **conf)
+    app.conf.update(
+        broker_url=redis_url,
+        result_backend=redis_url,
+        accept_content=["json", "pickle"],
+        task_default_queue="video_processing",
+        **conf,
+    )
     return app
 
 
@@ -162,16 +170,26 @@ def producer(redis_url: str) -> Iterator[Celery]:
     app.close()
 
 
-def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 120
-            ) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
     full_env = {**os.environ, **(env or {})}
-    return subprocess.run([sys.executable, "-m", "maintenance.cli.main", *args],
-                          capture_output=True, text=True, env=full_env, timeout=timeout,
-                          cwd=ROOT)
+    return subprocess.run(
+        [sys.executable, "-m", "maintenance.cli.main", *args],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        timeout=timeout,
+        cwd=ROOT,
+    )
 
 
-def wait_for(predicate: Callable[[], Any], timeout_s: float = 30.0, interval_s: float = 0.1,
-             what: str = "condition") -> Any:
+def wait_for(
+    predicate: Callable[[], Any],
+    timeout_s: float = 30.0,
+    interval_s: float = 0.1,
+    what: str = "condition",
+) -> Any:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         value = predicate()

@@ -1,9 +1,9 @@
 """A user's Celery app with guarded tasks: the composition root for `celery -A tests.guarded_app`.
 
-Used by tests/test_guards.py and bench/bench_guard.py, never imported by `maintenance`. Configured
-from the environment: GUARD_BROKER_URL (broker and result backend), MAINTENANCE_CONFIG (the guards
-load it lazily on the first task), GUARD_LOG_DIR and GUARD_LOG_LEVEL (JSON log files; the console
-follows the worker's `-l`).
+Used by tests/guards/test_decorators.py and bench/bench_guard.py, never imported by `maintenance`.
+Configured from the environment: GUARD_BROKER_URL (broker and result backend), MAINTENANCE_CONFIG
+(the guards load it lazily on the first task), GUARD_LOG_DIR and GUARD_LOG_LEVEL (JSON log files;
+the console follows the worker's `-l`).
 """
 
 from __future__ import annotations
@@ -37,9 +37,12 @@ app.conf.update(
 def _setup_logging(loglevel: int | str = logging.INFO, **_: Any) -> None:
     """Celery leaves logging to us: JSON lines for our events and for Celery's own."""
     console = logging.getLevelName(loglevel) if isinstance(loglevel, int) else loglevel
-    configure_logging(os.environ.get("GUARD_LOG_DIR", "logs"),
-                      level=os.environ.get("GUARD_LOG_LEVEL", "DEBUG"), console_level=console,
-                      extra_files={"celery": "celery_worker.log"})
+    configure_logging(
+        os.environ.get("GUARD_LOG_DIR", "logs"),
+        level=os.environ.get("GUARD_LOG_LEVEL", "DEBUG"),
+        console_level=console,
+        extra_files={"celery": "celery_worker.log"},
+    )
 
 
 _client: tuple[int, redis.Redis] | None = None

@@ -51,10 +51,28 @@ class RedisServer:
             raise RuntimeError("redis-server is not installed (apt-get install redis-server)")
         self.directory.mkdir(parents=True, exist_ok=True)
         self.process = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(self.directory), "--daemonize", "no",
-             "--loglevel", "warning", "--logfile", str(self.directory / "redis.log")],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            [
+                binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.directory),
+                "--daemonize",
+                "no",
+                "--loglevel",
+                "warning",
+                "--logfile",
+                str(self.directory / "redis.log"),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         _wait_port(self.port)
         return self
 
@@ -95,8 +113,9 @@ class PostgresServer:
         return self.directory / "data"
 
     def _run(self, *cmd: str, check: bool = True) -> subprocess.CompletedProcess[bytes]:
-        return subprocess.run([*self._as_postgres, *cmd], check=check, capture_output=True,
-                              timeout=120)
+        return subprocess.run(
+            [*self._as_postgres, *cmd], check=check, capture_output=True, timeout=120
+        )
 
     def start(self) -> PostgresServer:
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -104,20 +123,49 @@ class PostgresServer:
             shutil.chown(self.directory, "postgres", "postgres")
             self._as_postgres = ["runuser", "-u", "postgres", "--"]
         if not self.data.exists():
-            self._run(_pg_bin("initdb"), "-D", str(self.data), "-U", self.user,
-                      "--auth=trust", "-E", "UTF8", "--no-sync")
+            self._run(
+                _pg_bin("initdb"),
+                "-D",
+                str(self.data),
+                "-U",
+                self.user,
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--no-sync",
+            )
         self.resume()
-        self._run(_pg_bin("createdb"), "-h", "127.0.0.1", "-p", str(self.port), "-U",
-                  self.user, self.database, check=False)
+        self._run(
+            _pg_bin("createdb"),
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(self.port),
+            "-U",
+            self.user,
+            self.database,
+            check=False,
+        )
         return self
 
     def resume(self) -> None:
         """Start (or restart) the server on the existing data directory."""
-        options = (f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.directory} "
-                   "-c fsync=off -c synchronous_commit=off -c full_page_writes=off "
-                   "-c max_connections=200 -c shared_buffers=256MB")
-        self._run(_pg_bin("pg_ctl"), "-D", str(self.data), "-o", options,
-                  "-l", str(self.directory / "postgres.log"), "-w", "start")
+        options = (
+            f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.directory} "
+            "-c fsync=off -c synchronous_commit=off -c full_page_writes=off "
+            "-c max_connections=200 -c shared_buffers=256MB"
+        )
+        self._run(
+            _pg_bin("pg_ctl"),
+            "-D",
+            str(self.data),
+            "-o",
+            options,
+            "-l",
+            str(self.directory / "postgres.log"),
+            "-w",
+            "start",
+        )
         _wait_port(self.port)
 
     def stop(self, mode: str = "fast") -> None:

@@ -1,13 +1,17 @@
-"""Settings: validation of the TOML document, environment overrides, defaults and redacted reprs."""
+"""Settings: validation of the TOML document, environment overrides, defaults and redacted reprs;
+the example config documents every key, with the real defaults, and loads."""
 
 from __future__ import annotations
 
+import dataclasses
+import tomllib
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from maintenance.config import (
+    _SECTIONS,
     CONFIG_ENV,
     DEFAULT_CONFIG_PATH,
     load_settings,
@@ -16,9 +20,11 @@ from maintenance.config import (
 )
 from maintenance.core.bindings import Binding
 from maintenance.errors import ConfigError
+from tests.conftest import ROOT
 
 SUB_TASKS = {"table": "sub_tasks"}
 BINDING = {"task": "demo.*", "id_from": "args[0]"}
+EXAMPLE = ROOT / "config" / "maintenance.example.toml"
 
 
 @pytest.mark.parametrize(
@@ -50,8 +56,7 @@ BINDING = {"task": "demo.*", "id_from": "args[0]"}
         ({"bindings": [{**BINDING, "kind": "sub_task"}]}, "bindings[0].kind", "[sub_tasks]"),
     ],
 )
-def test_bad_value_names_the_key_and_the_source(raw: dict[str, Any], key: str,
-                                                 words: str) -> None:
+def test_bad_value_names_the_key_and_the_source(raw: dict[str, Any], key: str, words: str) -> None:
     """Every validation error names the offending key and the file it came from."""
     with pytest.raises(ConfigError) as caught:
         settings_from_mapping(raw, source="/etc/tm.toml")
@@ -76,33 +81,37 @@ def test_defaults_follow_the_seed() -> None:
 
 def test_values_are_typed_and_frozen() -> None:
     """Integers are accepted for floats, lists become tuples, bindings are parsed."""
-    settings = settings_from_mapping({
-        "scan": {"queues": ["a", "b"], "inspect_timeout_s": 3},
-        "sub_tasks": SUB_TASKS,
-        "bindings": [BINDING, {"task": "seg", "id_from": "kwargs.sid", "kind": "sub_task"}],
-    })
+    settings = settings_from_mapping(
+        {
+            "scan": {"queues": ["a", "b"], "inspect_timeout_s": 3},
+            "sub_tasks": SUB_TASKS,
+            "bindings": [BINDING, {"task": "seg", "id_from": "kwargs.sid", "kind": "sub_task"}],
+        }
+    )
     assert settings.scan.queues == ("a", "b")
     assert settings.scan.inspect_timeout_s == 3.0
     assert isinstance(settings.scan.inspect_timeout_s, float)
-    assert settings.bindings == (Binding("demo.*", "args[0]"),
-                                 Binding("seg", "kwargs.sid", "sub_task"))
+    assert settings.bindings == (
+        Binding("demo.*", "args[0]"),
+        Binding("seg", "kwargs.sid", "sub_task"),
+    )
     with pytest.raises(AttributeError):
-        settings.scan.queues = ("c",)  # type: ignore[misc]
+        settings.scan.queues = ("c",)  # type: ignore[misc]  # frozen: the assignment must fail
 
 
 @pytest.mark.parametrize(
     ("env", "section", "key", "expected"),
     [
         ({"REDIS_URL": "redis://env:1/0"}, "redis", "broker_url", "redis://env:1/0"),
-        ({"RESULT_BACKEND_URL": "redis://res/1"}, "redis", "result_backend_url",
-         "redis://res/1"),
+        ({"RESULT_BACKEND_URL": "redis://res/1"}, "redis", "result_backend_url", "redis://res/1"),
         ({"DATABASE_URL": "postgresql://u@h/db"}, "database", "url", "postgresql://u@h/db"),
         ({"REDIS_URL": ""}, "redis", "broker_url", "redis://file/0"),
         ({}, "database", "url", "sqlite:///file.db"),
     ],
 )
-def test_environment_overrides_the_urls(env: dict[str, str], section: str, key: str,
-                                        expected: str) -> None:
+def test_environment_overrides_the_urls(
+    env: dict[str, str], section: str, key: str, expected: str
+) -> None:
     """REDIS_URL, RESULT_BACKEND_URL and DATABASE_URL replace the file's URLs when set."""
     raw = {"redis": {"broker_url": "redis://file/0"}, "database": {"url": "sqlite:///file.db"}}
     settings = settings_from_mapping(raw, env=env)
@@ -161,14 +170,41 @@ def test_file_is_read_and_env_applied(tmp_path: Path) -> None:
 
 def test_repr_hides_passwords() -> None:
     """Printing the settings never shows a URL password."""
-    settings = settings_from_mapping({
-        "redis": {"broker_url": "redis://:brokerpw@h/0",
-                  "result_backend_url": "redis://:resultpw@h/1",
-                  "transport_options": {"sentinel_kwargs": {"password": "sentinelpw"}}},
-        "database": {"url": "postgresql://app:dbpw@db/app"},
-    })
+    settings = settings_from_mapping(
+        {
+            "redis": {
+                "broker_url": "redis://:brokerpw@h/0",
+                "result_backend_url": "redis://:resultpw@h/1",
+                "transport_options": {"sentinel_kwargs": {"password": "sentinelpw"}},
+            },
+            "database": {"url": "postgresql://app:dbpw@db/app"},
+        }
+    )
     text = repr(settings)
     for secret in ("brokerpw", "resultpw", "sentinelpw", "dbpw"):
         assert secret not in text
     assert "redis://:***@h/0" in text
     assert "postgresql://app:***@db/app" in text
+
+
+# -- the example config -------------------------------------------------------------------------
+def test_example_config_loads() -> None:
+    """The example is a valid config as it stands."""
+    settings = load_settings(EXAMPLE, env={})
+    assert settings.redis.max_connections == 50
+    assert settings.redis.retry_on_timeout is True
+
+
+def test_example_config_names_every_key_with_its_default() -> None:
+    """Each field of each section appears in the example with the dataclass default."""
+    doc = tomllib.loads(EXAMPLE.read_text())
+    for section, cls in _SECTIONS.items():
+        assert section in doc, f"[{section}] missing from the example"
+        defaults = cls()
+        for f in dataclasses.fields(cls):
+            assert f.name in doc[section], f"{section}.{f.name} missing from the example"
+            value = doc[section][f.name]
+            expected = getattr(defaults, f.name)
+            if isinstance(expected, tuple):
+                value = tuple(value)
+            assert value == expected, f"{section}.{f.name}: example {value!r} != {expected!r}"

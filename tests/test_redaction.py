@@ -12,12 +12,19 @@ from maintenance.redaction import redact_event, redact_text, redact_url
     ("url", "expected"),
     [
         ("redis://:secret@host:6379/0", "redis://:***@host:6379/0"),
-        ("rediss://user:secret@host/1?ssl_cert_reqs=required",
-         "rediss://user:***@host/1?ssl_cert_reqs=required"),
-        ("postgresql+psycopg2://app:s3cr%40t@db:5432/app", "postgresql+psycopg2://app:***@db:5432/app"),
+        (
+            "rediss://user:secret@host/1?ssl_cert_reqs=required",
+            "rediss://user:***@host/1?ssl_cert_reqs=required",
+        ),
+        (
+            "postgresql+psycopg2://app:s3cr%40t@db:5432/app",
+            "postgresql+psycopg2://app:***@db:5432/app",
+        ),
         ("unix://:secret@/run/redis.sock?db=2", "unix://:***@/run/redis.sock?db=2"),
-        ("sentinel://:pw1@h1:26379;sentinel://:pw2@h2:26379/0",
-         "sentinel://:***@h1:26379;sentinel://:***@h2:26379/0"),
+        (
+            "sentinel://:pw1@h1:26379;sentinel://:pw2@h2:26379/0",
+            "sentinel://:***@h1:26379;sentinel://:***@h2:26379/0",
+        ),
         ("redis://host:6379/0", "redis://host:6379/0"),
         ("redis://user@host/0", "redis://user@host/0"),
         ("sqlite:///tmp/x.db", "sqlite:///tmp/x.db"),
@@ -33,11 +40,18 @@ def test_redact_url(url: str, expected: str) -> None:
     ("text", "expected"),
     [
         ("connect to redis://:pw@h:1/0 failed", "connect to redis://:***@h:1/0 failed"),
-        ("a=postgresql://u:p@db/x b=redis://:q@r/0",
-         "a=postgresql://u:***@db/x b=redis://:***@r/0"),
-        ("Error 111 connecting to 127.0.0.1:6379. Connection refused.",
-         "Error 111 connecting to 127.0.0.1:6379. Connection refused."),
-        ("redis://h:6379/0 and http://example.com:80/x", "redis://h:6379/0 and http://example.com:80/x"),
+        (
+            "a=postgresql://u:p@db/x b=redis://:q@r/0",
+            "a=postgresql://u:***@db/x b=redis://:***@r/0",
+        ),
+        (
+            "Error 111 connecting to 127.0.0.1:6379. Connection refused.",
+            "Error 111 connecting to 127.0.0.1:6379. Connection refused.",
+        ),
+        (
+            "redis://h:6379/0 and http://example.com:80/x",
+            "redis://h:6379/0 and http://example.com:80/x",
+        ),
     ],
 )
 def test_redact_text(text: str, expected: str) -> None:
@@ -47,11 +61,19 @@ def test_redact_text(text: str, expected: str) -> None:
 
 def test_redact_event_covers_every_string_value() -> None:
     """The structlog processor redacts URLs in the event and in every string field."""
-    event = {"event": "connecting to redis://:pw@h/0", "url": "postgresql://u:dbpw@d/x",
-             "count": 3, "other": "plain"}
+    event = {
+        "event": "connecting to redis://:pw@h/0",
+        "url": "postgresql://u:dbpw@d/x",
+        "count": 3,
+        "other": "plain",
+    }
     out = redact_event(None, "info", event)
-    assert out == {"event": "connecting to redis://:***@h/0", "url": "postgresql://u:***@d/x",
-                   "count": 3, "other": "plain"}
+    assert out == {
+        "event": "connecting to redis://:***@h/0",
+        "url": "postgresql://u:***@d/x",
+        "count": 3,
+        "other": "plain",
+    }
 
 
 def test_redaction_applies_to_real_log_output() -> None:

@@ -30,13 +30,16 @@ def test_default_is_both_tasks_daily_at_two_on_the_maintenance_queue() -> None:
         assert entry["options"]["expires"] == 7200.0  # room to wait out the other task's run
 
 
-@pytest.mark.parametrize(("text", "expected"), [
-    ("0 2 * * *", crontab(minute=0, hour=2)),
-    ("30 3 * * 1-5", crontab(minute=30, hour=3, day_of_week="1-5")),
-    ("*/15 * * * *", crontab(minute="*/15")),
-    ("0 4 1 * *", crontab(minute=0, hour=4, day_of_month=1)),
-    ("0 0 * 6 sun", crontab(minute=0, hour=0, month_of_year=6, day_of_week="sun")),
-])
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("0 2 * * *", crontab(minute=0, hour=2)),
+        ("30 3 * * 1-5", crontab(minute=30, hour=3, day_of_week="1-5")),
+        ("*/15 * * * *", crontab(minute="*/15")),
+        ("0 4 1 * *", crontab(minute=0, hour=4, day_of_month=1)),
+        ("0 0 * 6 sun", crontab(minute=0, hour=0, month_of_year=6, day_of_week="sun")),
+    ],
+)
 def test_crontab_strings_use_cron_field_order(text: str, expected: crontab) -> None:
     """Fields are "m h dom mon dow" as in crontab(5), not celery's positional order."""
     assert parse_crontab(text, "schedule.scan_orphans") == expected
@@ -74,6 +77,8 @@ def test_unknown_timezone_is_a_config_error() -> None:
 def test_routes_follow_the_configured_queue() -> None:
     """Whoever sends the tasks, they land on the configured queue."""
     settings = settings_from_mapping({"schedule": {"queue": "ops"}})
-    assert task_routes(settings) == {SCAN_ORPHANS: {"queue": "ops"},
-                                     CLEANUP_EXPIRED_TASKS: {"queue": "ops"}}
+    assert task_routes(settings) == {
+        SCAN_ORPHANS: {"queue": "ops"},
+        CLEANUP_EXPIRED_TASKS: {"queue": "ops"},
+    }
     assert {e["options"]["queue"] for e in beat_schedule(settings).values()} == {"ops"}

@@ -15,8 +15,9 @@ pytestmark = pytest.mark.slow
 
 
 def run_script(name: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(ROOT / name)], env=env, capture_output=True, text=True,
-                          timeout=120, cwd=ROOT)
+    return subprocess.run(
+        [str(ROOT / name)], env=env, capture_output=True, text=True, timeout=120, cwd=ROOT
+    )
 
 
 def session_members(pid: int) -> set[int]:
@@ -43,21 +44,34 @@ def alive(pid: int) -> bool:
 
 def test_start_twice_then_stop_twice_leaves_no_process(tmp_path: Path, config_file: Path) -> None:
     """Start is idempotent, status reports pids, stop removes worker, pool and beat entirely."""
-    env = {**service_env(config_file), "RUN_DIR": str(tmp_path / "run"),
-           "LOG_DIR": str(tmp_path / "out"), "WORKER_NAME": f"scripts-{os.getpid()}@%h",
-           "STOP_TIMEOUT": "30"}
+    env = {
+        **service_env(config_file),
+        "RUN_DIR": str(tmp_path / "run"),
+        "LOG_DIR": str(tmp_path / "out"),
+        "WORKER_NAME": f"scripts-{os.getpid()}@%h",
+        "STOP_TIMEOUT": "30",
+    }
     started = run_script("start_all_services.sh", env)
     assert started.returncode == 0, started.stderr + started.stdout
-    pids = {name: int((tmp_path / "run" / f"{name}.pid").read_text()) for name in ("worker",
-                                                                                   "beat")}
+    pids = {
+        name: int((tmp_path / "run" / f"{name}.pid").read_text()) for name in ("worker", "beat")
+    }
     # The prefork pool appears once the worker is up: wait for it so that it is counted too.
-    members = wait_for(lambda: (m := session_members(pids["worker"])) and len(m) >= 2 and m,
-                       timeout_s=30, what="the worker's pool process")
+    members = wait_for(
+        lambda: (m := session_members(pids["worker"])) and len(m) >= 2 and m,
+        timeout_s=30,
+        what="the worker's pool process",
+    )
     members |= session_members(pids["beat"])
     again = run_script("start_all_services.sh", env)
     assert again.returncode == 0 and again.stdout.count("already running") == 2
-    status = subprocess.run([str(ROOT / "scripts/services.sh"), "status"], env=env,
-                            capture_output=True, text=True, timeout=30)
+    status = subprocess.run(
+        [str(ROOT / "scripts/services.sh"), "status"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert status.returncode == 0 and f"pid {pids['worker']}" in status.stdout
     stopped = run_script("stop_all.sh", env)
     assert stopped.returncode == 0, stopped.stderr

@@ -10,19 +10,51 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 
 @contextmanager
-def demo_worker(redis_url: str, database_url: str, log_path: Path, *,
-                queues: str = "video_processing,celery", pool: str = "solo",
-                name: str = "demo", extra_env: dict[str, str] | None = None,
-                app: str = "examples.demo.app") -> Iterator[subprocess.Popen[bytes]]:
+def demo_worker(
+    redis_url: str,
+    database_url: str,
+    log_path: Path,
+    *,
+    queues: str = "video_processing,celery",
+    pool: str = "solo",
+    name: str = "demo",
+    extra_env: dict[str, str] | None = None,
+    app: str = "examples.demo.app",
+) -> Iterator[subprocess.Popen[bytes]]:
     """Run `celery -A <app> worker` until the block ends; its log goes to `log_path`."""
-    env = {**os.environ, "REDIS_URL": redis_url, "DATABASE_URL": database_url,
-           "C_FORCE_ROOT": "1", **(extra_env or {})}
-    cmd = [sys.executable, "-m", "celery", "-A", app, "worker", "-Q", queues, "-P", pool,
-           "-c", "1", "-n", f"{name}-{os.getpid()}-{time.monotonic_ns()}@%h", "--without-gossip",
-           "--without-mingle", "-l", "INFO", "-f", str(log_path)]
+    env = {
+        **os.environ,
+        "REDIS_URL": redis_url,
+        "DATABASE_URL": database_url,
+        "C_FORCE_ROOT": "1",
+        **(extra_env or {}),
+    }
+    cmd = [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        app,
+        "worker",
+        "-Q",
+        queues,
+        "-P",
+        pool,
+        "-c",
+        "1",
+        "-n",
+        f"{name}-{os.getpid()}-{time.monotonic_ns()}@%h",
+        "--without-gossip",
+        "--without-mingle",
+        "-l",
+        "INFO",
+        "-f",
+        str(log_path),
+    ]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 60
@@ -39,7 +71,7 @@ def demo_worker(redis_url: str, database_url: str, log_path: Path, *,
         stop_process(proc)
 
 
-def stop_process(proc: subprocess.Popen[bytes], timeout_s: float = 20.0) -> None:
+def stop_process(proc: subprocess.Popen[Any], timeout_s: float = 20.0) -> None:
     if proc.poll() is not None:
         return
     proc.send_signal(signal.SIGTERM)

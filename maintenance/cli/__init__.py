@@ -1,1 +1,1 @@
-"""The `task-cleanup` command line: a thin caller of the services."""
+"""The `task-cleanup` command line: a thin caller of `maintenance.service.Maintenance`."""

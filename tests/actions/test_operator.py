@@ -1,0 +1,67 @@
+"""The operator's actions against real Redis, PostgreSQL and Celery workers: `restore` brings a
+quarantined message back, `revoke` refuses a live task unless forced."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import redis
+import sqlalchemy as sa
+from celery import Celery
+from celery.result import AsyncResult
+
+from examples.demo.schema import new_id
+from tests.actions.test_run import (
+    QUEUE,
+    cleanup,
+    insert_rows,
+    queued_task_ids,
+    send,
+    status_counts,
+)
+from tests.conftest import run_cli, wait_for
+from tests.workers import demo_worker
+
+
+def test_restore_puts_message_back_and_worker_runs_it(
+    config_file: Path,
+    producer: Celery,
+    engine: sa.Engine,
+    redis_url: str,
+    database_url: str,
+    redis_client: redis.Redis,
+    tmp_path: Path,
+) -> None:
+    """A quarantined message comes back intact; once its row exists, a worker runs it."""
+    row = new_id()
+    ids = send(producer, [row])
+    original = redis_client.lindex(QUEUE, 0)
+    assert cleanup(config_file, "--grace", "0", "--max-orphan-ratio", "1").returncode == 0
+    assert redis_client.llen(QUEUE) == 0
+    result = run_cli("--config", str(config_file), "restore", "--task-id", ids[row])
+    assert result.returncode == 0, result.stderr
+    assert redis_client.lrange(QUEUE, 0, -1) == [original]
+    assert AsyncResult(ids[row], app=producer).state == "PENDING"
+    insert_rows(engine, [row])
+    log = tmp_path / "worker.log"
+    with demo_worker(redis_url, database_url, log):
+        wait_for(lambda: status_counts(engine).get("done") == 1, what="restored task to run")
+    assert f"[{ids[row]}] succeeded" in log.read_text()
+
+
+@pytest.mark.parametrize("command", ["revoke"])
+def test_revoke_refuses_a_live_task_without_force(
+    command: str, config_file: Path, producer: Celery, engine: sa.Engine, redis_client: redis.Redis
+) -> None:
+    """`revoke` will not kill a task whose row is still to run unless told --force."""
+    live, gone = new_id(), new_id()
+    insert_rows(engine, [live])
+    ids = send(producer, [live, gone])
+    refused = run_cli("--config", str(config_file), command, "--task-id", ids[live])
+    assert refused.returncode == 1 and "--force" in refused.stderr
+    assert redis_client.llen(QUEUE) == 2
+    ok = run_cli("--config", str(config_file), command, "--task-id", ids[gone])
+    assert ok.returncode == 0, ok.stderr
+    assert queued_task_ids(redis_client) == [ids[live]]
+    assert AsyncResult(ids[gone], app=producer).state == "REVOKED"

@@ -1,0 +1,23 @@
+"""`RedisTaskCleaner`, the seed's Python API, over the service: plain data, same safety."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from celery import Celery
+
+from maintenance import RedisTaskCleaner
+
+
+def test_the_api_reads_and_acts_through_the_service(config_file: Path, producer: Celery) -> None:
+    """Orphans are found with where they sit, and revoking one is recorded as the API's."""
+    task_id = producer.send_task("demo.process_video", args=["no-such-row"]).id
+    with RedisTaskCleaner.from_config(config_file, env={}) as cleaner:
+        (orphan,) = cleaner.find_orphaned_tasks()
+        assert (orphan["task_id"], orphan["reason"]) == (task_id, "row_missing")
+        assert [m["task_id"] for m in cleaner.get_active_tasks_from_redis()] == [task_id]
+        assert cleaner.get_active_tasks_from_db() == []
+        done = cleaner.revoke([task_id])
+        runs = cleaner.maintenance.adapters.history.recent_runs()
+    assert done["done"] == {"quarantined": 1}
+    assert [(r["mode"], r["started_by"]) for r in runs] == [("revoke", "api")]
