@@ -21,7 +21,7 @@ from maintenance.actions.requeue import requeue_rows
 from maintenance.adapters.history import ActionRecord
 from maintenance.adapters.quarantine import tombstone_for
 from maintenance.adapters.results import SET_BATCH
-from maintenance.core.models import Finding, Progress
+from maintenance.core.models import Finding, Progress, Reason
 from maintenance.core.plan import Action, Plan
 from maintenance.errors import UnavailableError
 from maintenance.services import Adapters
@@ -35,7 +35,7 @@ def _record(action: str, findings: Sequence[Finding]) -> list[ActionRecord]:
     return [
         ActionRecord(
             action=action,
-            kind=f.kind.value,
+            kind="manual" if f.reason is Reason.OPERATOR else f.kind.value,
             reason=f.reason.value,
             task_id=f.task_id or "",
             task_name=f.task_name,
@@ -57,8 +57,11 @@ class Applier:
         should_stop: Callable[[], bool] = lambda: False,
         progress: Progress | None = None,
         clock: Callable[[], float] = time.time,
+        workers_alive: tuple[str, ...] | None = None,
     ):
         self.adapters = adapters
+        # The workers whose acknowledgement makes a revoke count; None: not known, ask them.
+        self.workers_alive = workers_alive
         self.progress = progress or (lambda phase, done, total: None)
         self.settings = adapters.settings
         self.run_id = run_id
@@ -174,12 +177,30 @@ class Applier:
         self._after_quarantine(taken, missing)
 
     def _revoke(self, findings: list[Finding]) -> None:
+        """A revoke counts when a live worker acknowledged it: those workers will not run the
+        task. One nobody acknowledged stopped nothing: it is `not_removed`, for the next run."""
         ids = sorted({f.task_id for f in findings if f.task_id})
-        self.adapters.workers.revoke(ids, self.settings.cleanup.revoke_batch_size)
-        self.results.mark_revoked(ids, "orphan revoked", only_if_absent=True)
-        self.done["revoked"] += len(ids)
-        self.record(_record("revoked", findings))
-        log.info("🚫 revoked orphans", count=len(ids), task_ids=ids[:LOGGED_IDS_MAX])
+        if self.workers_alive is None:
+            self.workers_alive = tuple(self.adapters.workers.ping())
+        heard = self.adapters.workers.revoke(
+            ids, self.settings.cleanup.revoke_batch_size, expect=self.workers_alive
+        )
+        revoked = sorted(heard)
+        if revoked:
+            self.results.mark_revoked(revoked, "orphan revoked", only_if_absent=True)
+            self.done["revoked"] += len(revoked)
+            self.record(_record("revoked", [f for f in findings if f.task_id in heard]))
+            log.info("🚫 revoked orphans", count=len(revoked), task_ids=revoked[:LOGGED_IDS_MAX])
+        unheard = [f for f in findings if f.task_id not in heard]
+        if unheard:
+            self.done["not_removed"] += len({f.task_id for f in unheard})
+            self.record(_record("not_removed", unheard))
+            log.warning(
+                "⚠️ orphans not removed: no live worker acknowledged their revoke; the next run "
+                "looks again",
+                count=len(unheard),
+                task_ids=[f.task_id for f in unheard[:LOGGED_IDS_MAX]],
+            )
 
     def _delete_results(self, findings: list[Finding]) -> None:
         for start in range(0, len(findings), 10_000):

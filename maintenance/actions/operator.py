@@ -12,7 +12,7 @@ from maintenance.actions.apply import Applier
 from maintenance.actions.recorder import RunRecorder
 from maintenance.actions.run import RunOptions, policy_for
 from maintenance.adapters.history import ActionRecord
-from maintenance.core.models import FindingKind, RunMode
+from maintenance.core.models import Finding, FindingKind, Location, Message, Reason, RunMode
 from maintenance.core.plan import Plan, Planned, orphan_action
 from maintenance.core.report import ScanReport
 from maintenance.errors import PlanRefused
@@ -44,47 +44,53 @@ class OperatorActions:
         self.clock = clock
 
     def revoke(self, task_ids: Sequence[str], *, force: bool, started_by: str) -> OperatorResult:
-        """Revoke named tasks: refuse one whose row is still to run, unless `force`.
-
-        Queued or unacked copies are quarantined (so `restore` can undo it); every id is also
-        broadcast to live workers, which is what the operator asked for.
+        """Take named tasks out of play: every queued copy, and every unacked copy no live
+        worker holds, into the quarantine (state REVOKED, restorable with `restore`); a copy a
+        live worker holds is revoked by a broadcast, which counts once a worker acknowledged it.
+        A task whose row is still to run needs `force`. An id seen nowhere is reported as
+        `not_found`, never counted as revoked.
         """
         policy = policy_for(
             self.adapters.settings, RunOptions(), self.adapters.layout.visibility_timeout_s
         )
         planned: list[Planned] = []
         details: list[str] = []
+        unseen: list[str] = []
+        workers: set[str] = set()
+        inspected = True
         for task_id in task_ids:
             report = self.scan_one(task_id)
-            orphans = report.of_kind(FindingKind.ORPHAN)
-            live = (
-                report.managed_messages - len(orphans) - len(report.of_kind(FindingKind.UNREADABLE))
-            )
-            if live > 0 and not force:
-                raise PlanRefused(
-                    f"task {task_id} has a message whose row is still to run; "
-                    "revoke it anyway with --force"
-                )
-            for f in report.findings:
-                if f.kind in (FindingKind.ORPHAN, FindingKind.UNREADABLE) or force:
-                    planned.append(
-                        Planned(orphan_action(f, bool(report.workers), self.clock(), policy), f)
-                    )
+            workers.update(report.workers)
+            inspected = inspected and report.workers_inspected
+            _refuse_live_unless_forced(task_id, report, force)
+            alive = bool(report.workers) or not report.workers_inspected
+            copies = _copies(report)
+            if not copies:
+                unseen.append(task_id)
+            planned += [Planned(orphan_action(f, alive, self.clock(), policy), f) for f in copies]
             details.extend(report.notes)
+        live = tuple(sorted(workers)) if inspected else None
         with self.recorder.run(RunMode.REVOKE, started_by) as run:
             applier = Applier(
-                self.adapters, run.run_id, run.record, done=run.done, clock=self.clock
+                self.adapters,
+                run.run_id,
+                run.record,
+                done=run.done,
+                clock=self.clock,
+                workers_alive=live,
             )
             applier.apply(Plan(actions=tuple(planned)))
-            found = {p.finding.task_id for p in planned}
-            extra = [t for t in task_ids if t not in found]
-            if extra:  # not found anywhere we can see: a worker may hold it, so broadcast anyway
-                self.adapters.workers.revoke(extra)
-                self.adapters.results.mark_revoked(extra, "revoked by operator")
-                run.record([ActionRecord("revoked", "manual", "operator", t) for t in extra])
-                run.done["revoked"] += len(extra)
-        for task_id in task_ids:
-            log.info("🚫 revoked by operator", task_id=task_id)
+            if unseen:
+                # A worker the inspection missed may still hold it: tell them, count nothing.
+                heard = self.adapters.workers.revoke(unseen, expect=applier.workers_alive or ())
+                run.done["not_found"] += len(unseen)
+                run.record([ActionRecord("not_found", "manual", "operator", t) for t in unseen])
+                details += [
+                    f"not found anywhere: {t} (revoke broadcast "
+                    + ("acknowledged by live workers)" if t in heard else "heard by no worker)")
+                    for t in unseen
+                ]
+        log.info("🚫 revoked by operator", task_ids=list(task_ids), done=dict(run.done))
         return OperatorResult(run.run_id, dict(run.done), details)
 
     def restore(self, task_ids: Sequence[str] | None, *, started_by: str) -> OperatorResult:
@@ -113,3 +119,40 @@ class OperatorActions:
         missing = sorted(set(task_ids or ()) - {r.task_id for r in restored})
         details.extend(f"not in quarantine: {t}" for t in missing)
         return OperatorResult(run.run_id, {"restored": len(restored)}, details)
+
+
+def _refuse_live_unless_forced(task_id: str, report: ScanReport, force: bool) -> None:
+    orphans = report.of_kind(FindingKind.ORPHAN)
+    live = report.managed_messages - len(orphans) - len(report.of_kind(FindingKind.UNREADABLE))
+    if live > 0 and not force:
+        raise PlanRefused(
+            f"task {task_id} has a message whose row is still to run; revoke it anyway with --force"
+        )
+
+
+def _copies(report: ScanReport) -> list[Finding]:
+    """Every copy the scan of one id saw, once each: its finding where it has one (an orphan,
+    an unreadable message), else the operator's own (a live or unmanaged task)."""
+    judged = {_place(f.location): f for f in report.findings}
+    copies: dict[tuple[str, str, str, str], Finding] = {}
+    for msg in report.sightings:
+        place = _place(msg.location)
+        copies.setdefault(place, judged.get(place) or _by_operator(msg))
+    return list(copies.values())
+
+
+def _place(loc: Location) -> tuple[str, str, str, str]:
+    return (loc.where, loc.key, loc.delivery_tag, loc.worker)
+
+
+def _by_operator(msg: Message) -> Finding:
+    return Finding(
+        FindingKind.ORPHAN,
+        Reason.OPERATOR,
+        msg.task_id,
+        msg.task_name,
+        msg.db_id,
+        msg.location,
+        row_kind=msg.row_kind,
+        taken_at=msg.taken_at,
+    )

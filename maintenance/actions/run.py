@@ -107,12 +107,12 @@ class CleanupRun:
     def run(self, options: RunOptions) -> RunResult:
         policy = policy_for(self.settings, options, self.adapters.layout.visibility_timeout_s)
         if options.dry_run:
-            report, plan = self._scan_and_plan(options, policy, recheck_now=True)
+            report, plan = self._scan_and_plan(options, policy)
             return RunResult("", Outcome.DRY_RUN, plan, report)
         with self.recorder.run(
             options.mode, options.started_by, interrupted_by=options.interrupted_by
         ) as run:
-            report, plan = self._scan_and_plan(options, policy, recheck_now=False)
+            report, plan = self._scan_and_plan(options, policy)
             run.found, run.planned, run.held = report.counts(), plan.counts(), len(plan.held)
             run.refused = plan.refused
             self._act(run, options, plan, report)
@@ -136,20 +136,22 @@ class CleanupRun:
             should_stop=options.should_stop,
             progress=self.progress,
             clock=self.clock,
+            workers_alive=report.workers if report.workers_inspected else None,
         )
         applier.apply(plan)
         if applier.stopped_early:
             run.end(Outcome.PARTIAL)
 
-    def _scan_and_plan(
-        self, options: RunOptions, policy: Policy, recheck_now: bool
-    ) -> tuple[ScanReport, Plan]:
+    def _scan_and_plan(self, options: RunOptions, policy: Policy) -> tuple[ScanReport, Plan]:
+        """The plan the run acts on. A dry run makes the very same plan, re-check included,
+        whenever the real run would re-check at once (`grace_s` 0); with a grace period to wait
+        it leaves those findings held `awaiting_grace`, and says so."""
         # A whole scan's summary is what `monitor` shows; a dry run leaves it as it was.
         report = self.scan(options.scan_results, None if options.dry_run else options.mode)
         findings = [f for f in report.findings if f.kind in options.kinds]
         recheck = Recheck()
         pending = needs_recheck(findings, policy)
-        if pending and not recheck_now:
+        if pending and (not options.dry_run or policy.grace_s <= 0):
             recheck = self._recheck(report, pending, policy, options)
         plan = make_plan(
             findings,

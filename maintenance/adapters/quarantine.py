@@ -57,7 +57,16 @@ local function read(a, b)
   lo, hi = a, a + #items - 1
 end
 local function hit(v, tag, tid)
-  return string.find(v, tag, 1, true) ~= nil and string.find(v, tid, 1, true) ~= nil
+  if string.find(v, tag, 1, true) == nil then return false end
+  if string.find(v, tid, 1, true) ~= nil then return true end
+  -- Rare: an id that JSON escapes (quotes, backslashes, non-ASCII) is not in the raw text as
+  -- the scan decoded it. Decode this one candidate and compare the fields themselves.
+  local ok, msg = pcall(cjson.decode, v)
+  if not ok or type(msg) ~= 'table' or type(msg.properties) ~= 'table' then return false end
+  if msg.properties.delivery_tag ~= tag then return false end
+  local headers = msg.headers
+  if type(headers) == 'table' and headers.task ~= nil then return headers.id == tid end
+  return true  -- protocol 1 (the id is in the body): the delivery tag alone names the message
 end
 local function prefetch_from(i, pos)
   -- one read also covers the next orphans' lower bounds: copying an element costs about as

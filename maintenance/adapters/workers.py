@@ -68,15 +68,31 @@ class WorkerControl:
                     messages.append(_message(request, worker, state, bindings))
         return WorkerView(tuple(sorted(workers)), tuple(messages))
 
-    def revoke(self, task_ids: Sequence[str], batch_size: int = 500) -> int:
-        """Broadcast revokes in batches: one control message per batch, not one per task."""
-        sent = 0
+    def revoke(
+        self, task_ids: Sequence[str], batch_size: int = 500, expect: Sequence[str] = ()
+    ) -> set[str]:
+        """Broadcast revokes in batches (one control message per batch, not one per task) and
+        return the ids some live worker acknowledged: only those will not run on the workers
+        that exist now. `expect` names the workers known to be alive; the replies are awaited
+        until each has answered, at most the timeout. With none known, the broadcast still
+        goes out (a worker may have missed the ping) but nothing counts as acknowledged."""
+        acknowledged: set[str] = set()
         with broker_errors("broadcasting revokes"):
             for start in range(0, len(task_ids), batch_size):
                 batch = list(task_ids[start : start + batch_size])
-                self.app.control.revoke(batch)
-                sent += len(batch)
-        return sent
+                if not expect:
+                    self.app.control.revoke(batch)
+                    continue
+                replies = self.app.control.revoke(
+                    batch,
+                    destination=list(expect),
+                    reply=True,
+                    timeout=self.timeout_s,
+                    limit=len(expect),
+                )
+                if any("ok" in answer for reply in replies or () for answer in reply.values()):
+                    acknowledged.update(batch)
+        return acknowledged
 
 
 def _message(request: dict[str, Any], worker: str, state: str, bindings: BindingTable) -> Message:

@@ -1,14 +1,18 @@
 """Read a kombu/Celery message envelope: task id, task name and the bound database id.
 
-Bodies are never unpickled. JSON bodies are decoded for args/kwargs; any other serializer falls
-back to the `argsrepr`/`kwargsrepr` headers through `ast.literal_eval`. A message we cannot read
-becomes a `Message` with a `problem`, never an exception.
+Nothing in a message is ever executed. JSON bodies are decoded for args/kwargs; protocol-2
+messages of any other serializer are read through their `argsrepr`/`kwargsrepr` headers with
+`ast.literal_eval`; protocol-1 pickle bodies (which have no such headers) through an unpickler
+that refuses every global, so only plain data (dicts, lists, strings, numbers) can come out. A
+message we cannot read becomes a `Message` with a `problem`, never an exception.
 """
 
 from __future__ import annotations
 
 import ast
 import binascii
+import io
+import pickle
 from dataclasses import replace
 from typing import Any
 
@@ -18,6 +22,7 @@ from maintenance.core.bindings import Binding, BindingTable
 from maintenance.core.models import Bound, Location, Message, Reason
 
 _JSON_TYPES = ("application/json", "application/x-json")
+_PICKLE_TYPE = "application/x-python-serialize"
 # quick_read's answer: (task id, row kind, database id, task name, raw delivery tag, eta).
 Quick = tuple[str, Bound, str | None, str, Any, Any]
 
@@ -54,8 +59,8 @@ def read_envelope(payload: Any, location: Location, bindings: BindingTable) -> M
     location = _with_tag(location, properties.get("delivery_tag"))
     task_name, task_id = headers.get("task"), headers.get("id")
     body_v1: dict[str, Any] | None = None
-    if not task_name:  # protocol 1 keeps everything in the (JSON) body
-        decoded = _decode_json_body(payload, properties)
+    if not task_name:  # protocol 1 keeps everything in the body
+        decoded = _decode_v1_body(payload, properties)
         if isinstance(decoded, dict):
             body_v1 = decoded
             task_name, task_id = decoded.get("task"), decoded.get("id")
@@ -242,6 +247,27 @@ def _decode_json_body(payload: dict[str, Any], properties: dict[str, Any]) -> An
         return orjson.loads(data)
     except (binascii.Error, ValueError):
         return _FAILED
+
+
+def _decode_v1_body(payload: dict[str, Any], properties: dict[str, Any]) -> Any:
+    """A protocol-1 body: a JSON object, or a pickle read as plain data only."""
+    if payload.get("content-type") != _PICKLE_TYPE:
+        return _decode_json_body(payload, properties)
+    body = payload.get("body")
+    if not isinstance(body, str) or properties.get("body_encoding") != "base64":
+        return _FAILED
+    try:
+        return _DataOnlyUnpickler(io.BytesIO(binascii.a2b_base64(body))).load()
+    except Exception:  # any malformed or refused pickle: the message is unreadable, not judged
+        return _FAILED
+
+
+class _DataOnlyUnpickler(pickle.Unpickler):
+    """Every global is refused (classes, functions, reducers, extension codes all go through
+    `find_class`), so loading can build dicts, lists, strings and numbers and nothing else."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        raise pickle.UnpicklingError(f"refused global {module}.{name}")
 
 
 def _unreadable(location: Location, detail: str) -> Message:

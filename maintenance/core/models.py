@@ -63,6 +63,7 @@ class Reason(StrEnum):
     BAD_ENVELOPE = "bad_envelope"
     NO_BOUND_ID = "no_bound_id"
     BAD_ID = "bad_id"
+    OPERATOR = "operator"  # named by an operator's `revoke`, whatever its row says
 
     @property
     def certain(self) -> bool:

@@ -6,7 +6,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from maintenance.core.models import Finding, FindingKind, Where
+from maintenance.core.models import Finding, FindingKind, Message, Where
 
 
 @dataclass
@@ -32,6 +32,8 @@ class ScanReport:
     lost_checked: bool = False
     notes: list[str] = field(default_factory=list)
     only: str | None = None
+    # A scan of one id (`only`): every copy of it seen, live or not, where an operator may act.
+    sightings: list[Message] = field(default_factory=list)
 
     def place(self, name: str) -> PlaceStats:
         stats = self.places.get(name)

@@ -73,8 +73,10 @@ class LookupBatcher:
         self.lost.saw(msg)
         if msg.location.where is not Where.WORKER:
             self._saw_task_ids((msg.task_id,))
-        if self.only is not None and self.only not in (msg.task_id, msg.db_id):
-            return
+        if self.only is not None:
+            if self.only not in (msg.task_id, msg.db_id):
+                return
+            self.report.sightings.append(msg)
         loc = msg.location
         stats = self.report.place(place_name(loc.where, loc.queue, loc.priority))
         stats.messages += 1

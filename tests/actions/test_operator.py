@@ -3,6 +3,7 @@ quarantined message back, `revoke` refuses a live task unless forced."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ from celery.result import AsyncResult
 
 from examples.demo.schema import new_id
 from tests.actions.test_run import (
+    QUARANTINE,
     QUEUE,
     cleanup,
     insert_rows,
@@ -65,3 +67,70 @@ def test_revoke_refuses_a_live_task_without_force(
     assert ok.returncode == 0, ok.stderr
     assert queued_task_ids(redis_client) == [ids[live]]
     assert AsyncResult(ids[gone], app=producer).state == "REVOKED"
+
+
+def revoke(config: Path, *args: str) -> tuple[int, dict[str, object]]:
+    done = run_cli("--config", str(config), "revoke", "--json", *args)
+    assert done.stdout, done.stderr
+    return done.returncode, json.loads(done.stdout)
+
+
+def test_forced_revoke_takes_a_live_queued_task_out_of_play_until_restored(
+    config_file: Path,
+    producer: Celery,
+    engine: sa.Engine,
+    redis_url: str,
+    database_url: str,
+    redis_client: redis.Redis,
+    tmp_path: Path,
+) -> None:
+    """With no worker running, `revoke --force` quarantines the queued copy: a worker started
+    afterwards does not run it, and `restore` brings it back to run."""
+    target, sentinel = new_id(), new_id()
+    insert_rows(engine, [target, sentinel])
+    ids = send(producer, [target])
+    code, doc = revoke(config_file, "--force", "--task-id", ids[target])
+    assert (code, doc["done"]) == (0, {"quarantined": 1})
+    assert redis_client.llen(QUEUE) == 0
+    assert AsyncResult(ids[target], app=producer).state == "REVOKED"
+    log = tmp_path / "worker.log"
+    with demo_worker(redis_url, database_url, log):
+        ids |= send(producer, [sentinel])  # it runs after anything queued before it
+        wait_for(lambda: status_counts(engine).get("done") == 1, what="the sentinel task")
+        assert ids[target] not in log.read_text()
+        restored = run_cli("--config", str(config_file), "restore", "--task-id", ids[target])
+        assert restored.returncode == 0, restored.stderr
+        wait_for(lambda: status_counts(engine).get("done") == 2, what="the restored task")
+    assert f"[{ids[target]}] succeeded" in log.read_text()
+
+
+def test_revoke_of_an_id_found_nowhere_counts_nothing(
+    config_file: Path, producer: Celery, redis_client: redis.Redis
+) -> None:
+    """An unknown id is reported as not found (exit 1), and no REVOKED state is written."""
+    code, doc = revoke(config_file, "--task-id", "no-such-task")
+    assert (code, doc["done"]) == (1, {"not_found": 1})
+    assert any("not found anywhere: no-such-task" in line for line in doc["details"])  # type: ignore[attr-defined]  # a JSON list
+    assert AsyncResult("no-such-task", app=producer).state == "PENDING"
+    assert redis_client.hlen(QUARANTINE) == 0
+
+
+def test_revoke_of_a_running_task_counts_once_its_worker_acknowledged(
+    config_file: Path,
+    producer: Celery,
+    engine: sa.Engine,
+    redis_url: str,
+    database_url: str,
+    tmp_path: Path,
+) -> None:
+    """A task a live worker is running is revoked by a broadcast that worker acknowledges."""
+    row = new_id()
+    insert_rows(engine, [row])
+    log = tmp_path / "worker.log"
+    with demo_worker(
+        redis_url, database_url, log, pool="threads", extra_env={"DEMO_TASK_SECONDS": "6"}
+    ):
+        ids = send(producer, [row])
+        wait_for(lambda: status_counts(engine).get("processing") == 1, what="the task to start")
+        code, doc = revoke(config_file, "--force", "--task-id", ids[row])
+    assert (code, doc["done"]) == (0, {"revoked": 1})

@@ -11,13 +11,14 @@ import time
 from pathlib import Path
 
 import orjson
+import pytest
 import redis
 import sqlalchemy as sa
 from celery import Celery
 from celery.result import AsyncResult
 
 from examples.demo.schema import new_id, sub_tasks, tasks, utcnow
-from tests.conftest import ROOT, run_cli, wait_for
+from tests.conftest import ROOT, producer_app, run_cli, wait_for
 from tests.servers import PostgresServer
 from tests.workers import demo_worker
 
@@ -110,8 +111,26 @@ def test_dry_run_changes_nothing(
     result = run_cli("--config", str(config_file), "cleanup", "--dry-run", "-v")
     assert result.returncode == 1
     assert "hold: awaiting_grace" in result.stdout
+    assert "a real run waits the grace period" in result.stdout
     assert redis_client.lrange(QUEUE, 0, -1) == before
     assert redis_client.hlen(QUARANTINE) == 0
+
+
+def test_dry_run_with_no_grace_shows_the_plan_the_real_run_makes(
+    config_file: Path, producer: Celery, engine: sa.Engine, redis_client: redis.Redis
+) -> None:
+    """With `--grace 0` the real run re-checks at once, so the dry run does too: same plan."""
+    live, gone = [new_id() for _ in range(3)], [new_id() for _ in range(2)]
+    insert_rows(engine, live)
+    send(producer, live + gone)
+    dry = cleanup(config_file, "--dry-run", "--grace", "0")
+    assert dry.returncode == 1, dry.stderr  # findings, nothing done
+    assert redis_client.llen(QUEUE) == len(live + gone)
+    real = cleanup(config_file, "--grace", "0")
+    assert real.returncode == 0, real.stderr
+    planned = [json.loads(out.stdout)["planned"] for out in (dry, real)]
+    assert planned == [{"quarantine": len(gone)}, {"quarantine": len(gone)}]
+    assert json.loads(real.stdout)["done"] == {"quarantined": len(gone)}
 
 
 def test_missing_row_committed_during_grace_is_never_touched(
@@ -391,3 +410,65 @@ def test_stale_results_are_unlinked_and_lost_rows_marked_failed(
     assert done == {"results_deleted": 1, "rows_marked": 1}
     assert not redis_client.exists(stale_key) and redis_client.exists("celery-task-meta-fresh")
     assert status_counts(engine) == {"failed": 1}
+
+
+@pytest.mark.parametrize(
+    "task_id",
+    ["naïve-tâche-✓", 'with "quotes"', "back\\slash", "tab\tand\nnewline", "слэш/косая"],
+)
+def test_orphans_whose_ids_json_escapes_are_quarantined(
+    config_file: Path, producer: Celery, redis_client: redis.Redis, task_id: str
+) -> None:
+    """The quarantine finds a message whatever its id looks like inside the raw JSON."""
+    producer.send_task("demo.process_video", args=[new_id()], queue=QUEUE, task_id=task_id)
+    result = cleanup(config_file, "--grace", "0", "--max-orphan-ratio", "1")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["done"] == {"quarantined": 1}
+    assert redis_client.llen(QUEUE) == 0
+    assert AsyncResult(task_id, app=producer).state == "REVOKED"
+
+
+@pytest.mark.parametrize("serializer", ["json", "pickle"])
+def test_protocol_1_orphans_are_read_and_quarantined(
+    config_file: Path,
+    redis_url: str,
+    redis_client: redis.Redis,
+    engine: sa.Engine,
+    serializer: str,
+) -> None:
+    """Celery protocol-1 messages, JSON or pickle, are judged (never unpickled with globals)
+    and their orphans quarantined; the live one stays queued."""
+    live, gone = new_id(), new_id()
+    insert_rows(engine, [live])
+    app = producer_app(redis_url, task_protocol=1, task_serializer=serializer)
+    try:
+        ids = {
+            row: app.send_task("demo.process_video", args=[row], queue=QUEUE).id
+            for row in (live, gone)
+        }
+    finally:
+        app.close()
+    assert b'"task"' not in (redis_client.lindex(QUEUE, 0) or b"")  # really protocol 1
+    check = run_cli("--config", str(config_file), "check", "--json", "--no-results")
+    report = json.loads(check.stdout)
+    assert (report["counts"]["orphan"], report["counts"]["unreadable"]) == (1, 0)
+    result = cleanup(config_file, "--grace", "0", "--max-orphan-ratio", "1")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["done"] == {"quarantined": 1}
+    assert queued_task_ids_v1(redis_client) == [ids[live]]
+
+
+def queued_task_ids_v1(client: redis.Redis) -> list[str]:
+    """Task ids of protocol-1 messages: the id is in the body, JSON or pickle."""
+    import base64
+    import pickle
+
+    out = []
+    for raw in client.lrange(QUEUE, 0, -1):
+        message = orjson.loads(raw)
+        body = base64.b64decode(message["body"])
+        if message["content-type"] == "application/json":
+            out.append(orjson.loads(body)["id"])
+        else:
+            out.append(pickle.loads(body)["id"])  # our own test message, not a stranger's
+    return out
