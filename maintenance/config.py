@@ -101,8 +101,10 @@ class CleanupSettings:
     failed_status: str = "failed"  # stuck_action = "mark_failed" sets this status
     requeue_queue: str = ""  # stuck_action = "requeue" sends here; empty: the first scan queue
     revoke_batch_size: int = 500
-    lock_ttl_s: float = 3900.0
+    lock_ttl_s: float = 3900.0  # the longest a run holds the lock: it stops renewing after this
     lock_wait_s: float = 0.0  # how long a second run waits for the lock before giving up
+    lock_lease_s: float = 60.0  # the lock expires this long after its holder last renewed it
+    lock_renew_s: float = 20.0  # the holder renews its lease this often
     key_prefix: str = "task-maintenance"  # our own Redis keys (quarantine, lock, sightings)
 
 
@@ -298,6 +300,12 @@ def _check_consistency(settings: Settings) -> None:
         raise ConfigError("must name at least one status", key="tasks.active_statuses", source=src)
     if not settings.scan.queues:
         raise ConfigError("must name at least one queue", key="scan.queues", source=src)
+    if not 0 < settings.cleanup.lock_renew_s < settings.cleanup.lock_lease_s:
+        raise ConfigError(
+            "must be greater than 0 and below cleanup.lock_lease_s",
+            key="cleanup.lock_renew_s",
+            source=src,
+        )
     if not 0 < settings.cleanup.max_orphan_ratio <= 1:
         raise ConfigError("must be in (0, 1]", key="cleanup.max_orphan_ratio", source=src)
     for index, binding in enumerate(settings.bindings):

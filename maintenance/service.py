@@ -17,19 +17,23 @@ from celery import Celery
 from maintenance.actions.expiry import cleanup_expired
 from maintenance.actions.operator import OperatorActions, OperatorResult
 from maintenance.actions.recorder import RunRecorder
+from maintenance.actions.roll_forward import RollForward
 from maintenance.actions.run import CleanupRun, RunOptions, RunResult
 from maintenance.adapters.history import HistoryStore
+from maintenance.adapters.run_lock import Holder
 from maintenance.alerts import maybe_alert
 from maintenance.config import Settings
 from maintenance.core.bindings import BindingTable
 from maintenance.core.envelope import parse_list_element, parse_unacked_entry
 from maintenance.core.models import Location, Message, Outcome, Progress, RunMode, Where
 from maintenance.core.report import ScanReport
+from maintenance.errors import LockHeld
 from maintenance.monitor.snapshot import SnapshotReader
 from maintenance.scan.reconciler import Reconciler
 from maintenance.services import Adapters, open_adapters, open_history
 
 __all__ = [
+    "Holder",
     "Maintenance",
     "OperatorResult",
     "Outcome",
@@ -52,7 +56,12 @@ class Maintenance:
         self.settings = adapters.settings
         self.clock = clock
         self.sleep = sleep
-        self.recorder = RunRecorder(self.settings, adapters.run_lock, adapters.history)
+        self.recorder = RunRecorder(
+            self.settings,
+            adapters.run_lock,
+            adapters.history,
+            RollForward(adapters.history, adapters.quarantine, adapters.results),
+        )
 
     @classmethod
     def open(
@@ -141,6 +150,26 @@ class Maintenance:
             for entry in entries:
                 loc = Location(Where.UNACKED, key=a.layout.unacked, delivery_tag=entry.delivery_tag)
                 yield parse_unacked_entry(entry.raw, loc, bindings)
+
+    def lock_holder(self) -> Holder | None:
+        """Who holds the run lock now, None when it is free."""
+        return self.adapters.run_lock.holder()
+
+    def break_lock(self) -> Holder | None:
+        """Break the run lock if its holder is provably gone (its process no longer exists on
+        this host); returns the holder it broke. Raises LockHeld when that cannot be proven."""
+        holder = self.adapters.run_lock.holder()
+        if holder is None:
+            return None
+        if not holder.provably_gone():
+            raise LockHeld(
+                "not breaking the run lock: its holder may be alive "
+                f"({holder.describe(self.clock())}); a dead holder's lock expires by itself "
+                f"within cleanup.lock_lease_s = {self.settings.cleanup.lock_lease_s:.0f}s"
+            )
+        if not self.adapters.run_lock.break_lock(holder):
+            raise LockHeld("not breaking the run lock: it changed hands meanwhile")
+        return holder
 
     # -- acting: every operation runs under the run recorder ----------------------------------
     def cleanup(self, options: RunOptions, progress: Progress | None = None) -> RunResult:

@@ -138,7 +138,13 @@ def _connect(
         stuck_rows=StuckRows(db),
         summaries=summaries,
         run_lock=RunLock(
-            broker, own_keys, ttl_s=settings.cleanup.lock_ttl_s, wait_s=settings.cleanup.lock_wait_s
+            broker,
+            own_keys,
+            lease_s=settings.cleanup.lock_lease_s,
+            renew_s=settings.cleanup.lock_renew_s,
+            max_hold_s=settings.cleanup.lock_ttl_s,
+            wait_s=settings.cleanup.lock_wait_s,
+            clock=clock,
         ),
         producer=TaskProducer(app),
         reply_lists=ReplyListSweeper(

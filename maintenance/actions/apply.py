@@ -58,8 +58,10 @@ class Applier:
         progress: Progress | None = None,
         clock: Callable[[], float] = time.time,
         workers_alive: tuple[str, ...] | None = None,
+        checkpoint: Callable[[], None] = lambda: None,
     ):
         self.adapters = adapters
+        self.checkpoint = checkpoint  # writes the actions recorded so far (raises on failure)
         # The workers whose acknowledgement makes a revoke count; None: not known, ask them.
         self.workers_alive = workers_alive
         self.progress = progress or (lambda phase, done, total: None)
@@ -89,8 +91,11 @@ class Applier:
                 continue
             if self.should_stop():
                 self.stopped_early = True
-                log.warning("stopping before the next step: time limit near", step=action.value)
+                log.warning("stopping before the next step", step=action.value)
                 break
+            # What the steps so far did is in the history before the next one starts; a
+            # database that failed meanwhile stops the run here (fail closed), not at its end.
+            self.checkpoint()
             step(findings)
         return self.done
 

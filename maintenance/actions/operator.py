@@ -78,6 +78,7 @@ class OperatorActions:
                 done=run.done,
                 clock=self.clock,
                 workers_alive=live,
+                checkpoint=run.checkpoint,
             )
             applier.apply(Plan(actions=tuple(planned)))
             if unseen:

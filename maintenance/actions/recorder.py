@@ -15,8 +15,9 @@ from dataclasses import dataclass, field
 
 import structlog
 
+from maintenance.actions.roll_forward import RollForward
 from maintenance.adapters.history import ActionBuffer, ActionRecord, HistoryStore
-from maintenance.adapters.run_lock import RunLock
+from maintenance.adapters.run_lock import Lease, RunLock
 from maintenance.alerts import maybe_alert
 from maintenance.config import Settings
 from maintenance.core.models import Outcome, RunMode
@@ -32,6 +33,7 @@ class RecordedRun:
     run_id: str
     mode: RunMode
     actions: ActionBuffer
+    lease: Lease
     done: Counter[str] = field(default_factory=Counter)
     found: dict[str, int] = field(default_factory=dict)
     planned: dict[str, int] = field(default_factory=dict)
@@ -46,12 +48,24 @@ class RecordedRun:
     def end(self, outcome: Outcome, error: str | None = None) -> None:
         self.outcome, self.error = outcome, error
 
+    def checkpoint(self) -> None:
+        """Between two steps: what was done is written, and the database still answers."""
+        self.actions.flush()
+        self.actions.store.check()
+
+    def lost_lock(self) -> bool:
+        """The lease could not be renewed: another run may start, so this one must stop."""
+        return self.lease.lost()
+
 
 class RunRecorder:
-    def __init__(self, settings: Settings, lock: RunLock, history: HistoryStore):
+    def __init__(
+        self, settings: Settings, lock: RunLock, history: HistoryStore, roll_forward: RollForward
+    ):
         self.settings = settings
         self.lock = lock
         self.history = history
+        self.roll_forward = roll_forward
 
     @contextmanager
     def run(
@@ -63,11 +77,15 @@ class RunRecorder:
         recorded as `failed` and one of `interrupted_by` (Celery's soft time limit) as
         `partial`, both best effort since the history may be what failed, then re-raised.
         """
-        with self.lock.held(f"{mode} by {started_by}"):
+        with self.lock.held(f"{mode} by {started_by}") as lease:
             run_id = self.history.start_run(started_by, mode)
-            run = RecordedRun(run_id, mode, ActionBuffer(self.history, run_id))
+            run = RecordedRun(run_id, mode, ActionBuffer(self.history, run_id), lease)
             with structlog.contextvars.bound_contextvars(run_id=run_id):
                 try:
+                    lease.name_run(run_id)
+                    # First what a dead run left: no other run is alive while we hold the lock.
+                    if finished := self.roll_forward.finish_dead_runs(run_id):
+                        run.done["interrupted_runs_finished"] += finished
                     yield run
                     run.actions.flush()
                 except UnavailableError as exc:

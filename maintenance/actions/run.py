@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import structlog
@@ -112,6 +112,9 @@ class CleanupRun:
         with self.recorder.run(
             options.mode, options.started_by, interrupted_by=options.interrupted_by
         ) as run:
+            limit = options.should_stop
+            # A run that lost its lease stops before its next step, as at a time limit.
+            options = replace(options, should_stop=lambda: limit() or run.lost_lock())
             report, plan = self._scan_and_plan(options, policy)
             run.found, run.planned, run.held = report.counts(), plan.counts(), len(plan.held)
             run.refused = plan.refused
@@ -120,7 +123,7 @@ class CleanupRun:
 
     def _act(self, run: RecordedRun, options: RunOptions, plan: Plan, report: ScanReport) -> None:
         if options.should_stop():  # the limit came during the scan or grace wait: act on none
-            run.end(Outcome.PARTIAL, "stopped before acting: time limit near")
+            run.end(Outcome.PARTIAL, f"stopped before acting: {_why_stopped(run)}")
             return
         if plan.refused:
             run.end(Outcome.REFUSED, plan.refused)
@@ -128,6 +131,7 @@ class CleanupRun:
         if options.confirm is not None and not options.confirm(plan, report):
             run.end(Outcome.DECLINED)
             return
+        self._remove_tombstones(run, report)
         applier = Applier(
             self.adapters,
             run.run_id,
@@ -137,10 +141,23 @@ class CleanupRun:
             progress=self.progress,
             clock=self.clock,
             workers_alive=report.workers if report.workers_inspected else None,
+            checkpoint=run.checkpoint,
         )
         applier.apply(plan)
         if applier.stopped_early:
-            run.end(Outcome.PARTIAL)
+            run.end(Outcome.PARTIAL, f"stopped between steps: {_why_stopped(run)}")
+
+    def _remove_tombstones(self, run: RecordedRun, report: ScanReport) -> None:
+        """Ours, left by a quarantine that was cut short (whichever run placed them)."""
+        for key, payloads in report.tombstones.items():
+            for payload in payloads:
+                run.done["tombstones_removed"] += self.adapters.quarantine.compact(key, payload)
+        if report.tombstones:
+            log.info(
+                "🧹 removed tombstones a cut-short quarantine left",
+                lists=len(report.tombstones),
+                count=run.done["tombstones_removed"],
+            )
 
     def _scan_and_plan(self, options: RunOptions, policy: Policy) -> tuple[ScanReport, Plan]:
         """The plan the run acts on. A dry run makes the very same plan, re-check included,
@@ -209,6 +226,10 @@ class CleanupRun:
             if again is not None and again.kind is FindingKind.ORPHAN:
                 still.add(recheck_key(f))
         return still
+
+
+def _why_stopped(run: RecordedRun) -> str:
+    return "lost the run lock" if run.lost_lock() else "time limit near"
 
 
 def _as_message(f: Finding) -> Message:

@@ -25,7 +25,7 @@ runs = sa.Table(
     sa.Column("mode", sa.String(40), nullable=False),
     sa.Column("started_at", sa.Float, nullable=False, index=True),
     sa.Column("finished_at", sa.Float),
-    sa.Column("outcome", sa.String(20), nullable=False),  # running, ok, partial, failed, refused
+    sa.Column("outcome", sa.String(20), nullable=False),  # core.models.Outcome
     sa.Column("counts", sa.Text, nullable=False, default="{}"),
     sa.Column("error", sa.Text),
 )
@@ -147,6 +147,35 @@ class HistoryStore:
                     error=error,
                 )
             )
+
+    def unfinished_runs(self, but: str) -> list[dict[str, Any]]:
+        """Runs still marked running, other than `but`: under the run lock, runs that died."""
+        self._ensure()
+        query = sa.select(runs).where(runs.c.outcome == "running", runs.c.id != but)
+        with database_errors("reading the history"), self.engine.connect() as conn:
+            return [dict(r._mapping) for r in conn.execute(query)]
+
+    def recorded_task_ids(self, run_id: str, action: str) -> set[str]:
+        """Task ids with an action of this kind recorded for the run."""
+        query = sa.select(actions.c.task_id).where(
+            actions.c.run_id == run_id, actions.c.action == action
+        )
+        with database_errors("reading the history"), self.engine.connect() as conn:
+            return {task_id for (task_id,) in conn.execute(query)}
+
+    def action_counts(self, run_id: str) -> dict[str, int]:
+        query = (
+            sa.select(actions.c.action, sa.func.count())
+            .where(actions.c.run_id == run_id)
+            .group_by(actions.c.action)
+        )
+        with database_errors("reading the history"), self.engine.connect() as conn:
+            return {action: int(count) for action, count in conn.execute(query)}
+
+    def check(self) -> None:
+        """One round trip: raises DatabaseUnavailable when the database no longer answers."""
+        with database_errors("checking the database"), self.engine.connect() as conn:
+            conn.execute(sa.text("SELECT 1"))
 
     def recent_runs(self, limit: int = 20) -> list[dict[str, Any]]:
         self._ensure()

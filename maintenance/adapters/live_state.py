@@ -8,6 +8,7 @@ import redis
 
 from maintenance.adapters.redis_layout import BrokerLayout, OwnKeys
 from maintenance.adapters.redis_reader import broker_errors
+from maintenance.adapters.run_lock import Holder
 from maintenance.adapters.scan_summary import ScanSummaryStore, decode
 from maintenance.core.summary import ScanSummary
 
@@ -29,11 +30,12 @@ class LiveState:
     latest: ScanSummary | None = None
     previous: ScanSummary | None = None
     guard_skips: dict[str, int] = field(default_factory=dict)
+    lock_holder: Holder | None = None  # None: no maintenance run holds the lock
 
 
 class LiveStateReader:
     """LLEN of each queue band, HLEN of unacked, the oldest unacked_index score, the two scan
-    summaries and the guard-skip hash, in one pipelined round trip."""
+    summaries, the guard-skip hash and the run lock's holder, in one pipelined round trip."""
 
     def __init__(
         self,
@@ -46,6 +48,7 @@ class LiveStateReader:
         self.layout = layout
         self.summaries = summaries
         self.guard_skips_key = own_keys.guard_skips
+        self.lock_keys = (own_keys.lock, own_keys.lock_holder)
 
     def read(self, queues: tuple[str, ...]) -> LiveState:
         bands = [
@@ -59,7 +62,9 @@ class LiveStateReader:
             pipe.zrange(self.layout.unacked_index, 0, 0, withscores=True)
             pipe.mget([self.summaries.latest_key, self.summaries.previous_key])
             pipe.hgetall(self.guard_skips_key)
-            *lengths, unacked, oldest, (latest, previous), skips = pipe.execute()
+            pipe.exists(self.lock_keys[0])
+            pipe.get(self.lock_keys[1])
+            *lengths, unacked, oldest, (latest, previous), skips, locked, holder = pipe.execute()
         depths = tuple(
             QueueDepth(queue, band, int(n))
             for (queue, band, _), n in zip(bands, lengths, strict=True)
@@ -72,6 +77,7 @@ class LiveStateReader:
             latest=decode(latest),
             previous=decode(previous),
             guard_skips=_int_hash(skips),
+            lock_holder=Holder.from_json(holder) if locked else None,
         )
 
 

@@ -39,6 +39,7 @@ import redis
 
 from maintenance.adapters.redis_layout import BrokerLayout, OwnKeys
 from maintenance.adapters.redis_reader import broker_errors
+from maintenance.core.envelope import TOMBSTONE_ID_PREFIX
 from maintenance.core.models import Finding
 
 _LIST_SCRIPT = """
@@ -174,7 +175,7 @@ def tombstone_for(task_name: str, queue: str, run_id: str) -> bytes:
     0.31 s at 1.2 KB, 0.11 s for an 8-byte string no worker could read; 100,000 tombstones in
     a million messages, quiet machine).
     """
-    tomb_id = f"task-maintenance-tombstone-{run_id}"
+    tomb_id = f"{TOMBSTONE_ID_PREFIX}{run_id}"
     message = {
         "body": "W1tdLCB7fSwge31d",  # base64 of [[], {}, {}]: no args, no kwargs, no embed
         "content-encoding": "utf-8",
@@ -301,6 +302,10 @@ class Quarantine:
                     continue
                 meta, raw = split_entry(value)
                 yield QuarantineEntry(name, task_id, meta, raw)
+
+    def entries_of_runs(self, run_ids: set[str]) -> Iterator[QuarantineEntry]:
+        """The entries the given runs took (HSCAN of the whole quarantine, in chunks)."""
+        return (e for e in self.entries() if e.meta.get("run_id") in run_ids)
 
     def put_back(self, entry: QuarantineEntry) -> str:
         """Return the message, intact, to the tail of its list (next in line), then forget it."""

@@ -9,6 +9,7 @@ from dataclasses import replace
 
 from maintenance.cli.cleanup_commands import add_cleanup_commands
 from maintenance.cli.exit_codes import ExitCode
+from maintenance.cli.lock_commands import add_lock_commands
 from maintenance.cli.monitor.commands import add_monitor_commands
 from maintenance.cli.progress import ProgressLine
 from maintenance.cli.render import render_report, write_report_json
@@ -36,6 +37,7 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     )
     check.set_defaults(handler=run_check)
     add_cleanup_commands(sub)
+    add_lock_commands(sub)
     add_monitor_commands(sub)
 
 

@@ -22,6 +22,8 @@ from maintenance.core.bindings import Binding, BindingTable
 from maintenance.core.models import Bound, Location, Message, Reason
 
 _JSON_TYPES = ("application/json", "application/x-json")
+# The task id of a tombstone the quarantine left in place of a message (see adapters.quarantine).
+TOMBSTONE_ID_PREFIX = "task-maintenance-tombstone-"
 _PICKLE_TYPE = "application/x-python-serialize"
 # quick_read's answer: (task id, row kind, database id, task name, raw delivery tag, eta).
 Quick = tuple[str, Bound, str | None, str, Any, Any]
@@ -247,6 +249,11 @@ def _decode_json_body(payload: dict[str, Any], properties: dict[str, Any]) -> An
         return orjson.loads(data)
     except (binascii.Error, ValueError):
         return _FAILED
+
+
+def is_tombstone(msg: Message) -> bool:
+    """One of ours: left by a quarantine that did not get to compact its list."""
+    return msg.task_id.startswith(TOMBSTONE_ID_PREFIX)
 
 
 def _decode_v1_body(payload: dict[str, Any], properties: dict[str, Any]) -> Any:

@@ -36,6 +36,7 @@ class Outcome(StrEnum):
     DRY_RUN = "dry_run"  # nothing was recorded or changed
     FAILED = "failed"  # Redis or the database failed: nothing further was changed
     SKIPPED = "skipped"  # a Celery task met another run's lock
+    INTERRUPTED = "interrupted"  # found unfinished by a later run (killed, or its end unrecorded)
 
 
 def as_text(value: object) -> str:

@@ -34,6 +34,10 @@ class ScanReport:
     only: str | None = None
     # A scan of one id (`only`): every copy of it seen, live or not, where an operator may act.
     sightings: list[Message] = field(default_factory=list)
+    # Tombstones of ours still in a list (a quarantine that was cut short): list key -> the
+    # distinct payloads, which the next cleanup removes. Never counted as messages.
+    tombstones: dict[str, set[bytes]] = field(default_factory=dict)
+    tombstones_seen: int = 0
 
     def place(self, name: str) -> PlaceStats:
         stats = self.places.get(name)
@@ -72,6 +76,7 @@ class ScanReport:
             "workers_inspected": self.workers_inspected,
             "lost_checked": self.lost_checked,
             "notes": list(self.notes),
+            "leftovers": {"tombstones": self.tombstones_seen},
         }
         if self.only is not None:
             doc["task_id"] = self.only

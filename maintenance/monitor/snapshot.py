@@ -15,6 +15,7 @@ from typing import Any
 
 from maintenance.adapters.history_totals import HistoryReader, HistoryView
 from maintenance.adapters.live_state import LiveStateReader, QueueDepth
+from maintenance.adapters.run_lock import Holder
 from maintenance.adapters.workers import WorkerControl
 from maintenance.core.summary import ScanSummary, trend
 from maintenance.errors import UnavailableError
@@ -33,6 +34,7 @@ class Snapshot:
     latest: ScanSummary | None = None
     previous: ScanSummary | None = None
     guard_skips: dict[str, int] = field(default_factory=dict)
+    lock_holder: Holder | None = None
     history: HistoryView = field(default_factory=lambda: HistoryView((), {}, {}))
     redis_ok: bool = True
     database_ok: bool = True
@@ -67,6 +69,7 @@ class Snapshot:
             "actions_total": self.history.action_totals,
             "runs_total": self.history.outcome_totals,
             "guard_skips": self.guard_skips,
+            "lock": None if self.lock_holder is None else self.lock_holder.public(),
             "available": {"redis": self.redis_ok, "database": self.database_ok},
             "errors": list(self.errors),
         }
@@ -105,6 +108,7 @@ class SnapshotReader:
                 latest=state.latest,
                 previous=state.previous,
                 guard_skips=state.guard_skips,
+                lock_holder=state.lock_holder,
                 unacked_oldest_age_s=None
                 if state.oldest_taken_at is None
                 else max(0.0, now - state.oldest_taken_at),

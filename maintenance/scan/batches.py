@@ -19,7 +19,13 @@ from typing import cast
 
 from maintenance.core.bindings import BindingTable
 from maintenance.core.diff import LostTracker, Verdicts, judge_message
-from maintenance.core.envelope import Quick, parse_list_element, quick_message, quick_read
+from maintenance.core.envelope import (
+    Quick,
+    is_tombstone,
+    parse_list_element,
+    quick_message,
+    quick_read,
+)
 from maintenance.core.models import Finding, FindingKind, Location, Message, Where
 from maintenance.core.report import ScanReport, place_name
 
@@ -70,6 +76,8 @@ class LookupBatcher:
         self.in_flight: deque[InFlight] = deque()
 
     def add(self, msg: Message) -> None:
+        if is_tombstone(msg):  # one a worker took or holds: it discards it, nothing to judge
+            return
         self.lost.saw(msg)
         if msg.location.where is not Where.WORKER:
             self._saw_task_ids((msg.task_id,))
@@ -97,14 +105,14 @@ class LookupBatcher:
         """
         if self.only is not None:
             for offset, raw in enumerate(chunk):
-                self.add(self._full(raw, place, start + offset))
+                self._add_full(raw, place, start + offset)
             return
         bindings = self.bindings
         reads = [quick_read(raw, bindings) for raw in chunk]
         if None in reads:  # some need the full reading: keep them in order with the rest
             for offset, (raw, read) in enumerate(zip(chunk, reads, strict=True)):
                 if read is None:
-                    self.add(self._full(raw, place, start + offset))
+                    self._add_full(raw, place, start + offset)
                 else:
                     self._add_reads([read], start + offset, place)
         else:
@@ -147,8 +155,14 @@ class LookupBatcher:
         elif self.held_ids:
             self.seen_held.update(t for t in task_ids if t in self.held_ids)
 
-    def _full(self, raw: bytes, place: Location, index: int) -> Message:
-        return parse_list_element(raw, replace(place, index=index), self.bindings)
+    def _add_full(self, raw: bytes, place: Location, index: int) -> None:
+        """A message read the full way; a tombstone of ours is set aside as a leftover."""
+        msg = parse_list_element(raw, replace(place, index=index), self.bindings)
+        if is_tombstone(msg):
+            self.report.tombstones.setdefault(place.key, set()).add(raw)
+            self.report.tombstones_seen += 1
+            return
+        self.add(msg)
 
     def _append(self, msg: Message, row_kind: str, db_id: str | None) -> None:
         self.batch.append(msg)

@@ -16,6 +16,7 @@ import os
 import pickle
 import signal
 import struct
+import threading
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar, cast
 
@@ -25,6 +26,16 @@ _HEADER = struct.Struct("!cQ")  # frame kind, payload length
 PROGRESS, RESULT, ERROR = b"p", b"r", b"e"
 
 CAN_FORK = hasattr(os, "fork")
+# A thread whose name ends so declares it touches nothing the child uses (the run lock's lease
+# renewer: its own Redis pool, which redis-py re-creates in a new process, and no logging
+# unless it fails); the forked child logs nothing.
+FORK_SAFE_SUFFIX = "(fork-safe)"
+
+
+def only_fork_safe_threads() -> bool:
+    """True when every thread but the main one has declared itself fork-safe."""
+    main = threading.main_thread()
+    return all(t is main or t.name.endswith(FORK_SAFE_SUFFIX) for t in threading.enumerate())
 
 
 class ForkedCall(Generic[T]):

@@ -102,6 +102,11 @@ class Reconciler:
                 for f in lost.findings(self.clock())
                 if only is None or only in (f.db_id, f.task_id)
             )
+        if report.tombstones_seen:
+            report.notes.append(
+                f"{report.tombstones_seen} tombstones of a quarantine that was cut short are "
+                "still queued (workers discard them); the next cleanup removes them"
+            )
         if only is not None and not (report.places or report.findings or report.notes):
             report.notes.append(
                 f"{only} was found nowhere: not in the scanned queues, unacked, "

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from maintenance.adapters.redis_reader import RedisReader
 from maintenance.core.diff import judge_result, result_verdict
 from maintenance.core.models import Finding, Progress
-from maintenance.scan.forked import CAN_FORK, ForkedCall, Report
+from maintenance.scan.forked import CAN_FORK, ForkedCall, Report, only_fork_safe_threads
 
 
 @dataclass
@@ -70,9 +70,9 @@ class BackgroundResults:
         self.found = ResultScan()
         self._stop = threading.Event()
         self._call: ForkedCall[list[str]] | None = None
-        # Fork only a single-threaded process: a lock another thread held at the fork (logging,
-        # a connection pool) would stay locked forever in the child.
-        if CAN_FORK and threading.active_count() == 1:
+        # Fork only when no other thread can hold a lock the child needs: one held at the fork
+        # (logging, a connection pool) would stay locked forever in the child.
+        if CAN_FORK and only_fork_safe_threads():
             self._call = ForkedCall(lambda report: work(report, self._stop))
             self._job: Future[list[str]] = side.submit(self._call.result, self._add)
         else:

@@ -472,3 +472,52 @@ def queued_task_ids_v1(client: redis.Redis) -> list[str]:
         else:
             out.append(pickle.loads(body)["id"])  # our own test message, not a stranger's
     return out
+
+
+def test_database_crashed_mid_quarantine_stops_the_run_before_its_next_step(
+    config_file: Path,
+    producer: Celery,
+    redis_client: redis.Redis,
+    pg_server: PostgresServer,
+) -> None:
+    """PostgreSQL dies once quarantining has begun: exit 3, and the next step (deleting stale
+    results) never starts; what was quarantined stays restorable (its entry names the run)."""
+    gone = [new_id() for _ in range(20_000)]
+    with producer.connection_for_write() as conn:  # one connection for all the messages
+        for row in gone:
+            producer.send_task("demo.process_video", args=[row], queue=QUEUE, connection=conn)
+    stale = [f"celery-task-meta-stale-{i}" for i in range(50)]  # no TTL: stale results
+    for key in stale:
+        redis_client.set(
+            key,
+            json.dumps(
+                {"status": "SUCCESS", "task_id": key[17:], "date_done": "2020-01-01T00:00:00"}
+            ),
+        )
+    command = ["cleanup", "--force", "--grace", "0", "--max-orphan-ratio", "1"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "maintenance.cli.main", "--config", str(config_file), *command],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_for(
+            lambda: redis_client.hlen(QUARANTINE) > 0,
+            timeout_s=60,
+            interval_s=0.005,
+            what="the quarantine to begin",
+        )
+        pg_server.stop("immediate")
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        pg_server.resume()
+    assert proc.returncode == 3, (out, err)
+    assert "database failed" in err
+    assert all(redis_client.exists(key) for key in stale)  # the step after never ran
+    taken = redis_client.hlen(QUARANTINE)
+    assert taken > 0 and redis_client.llen(QUEUE) + taken == len(gone)
+    assert not [raw for raw in redis_client.lrange(QUEUE, 0, 200) if b"tombstone" in raw]

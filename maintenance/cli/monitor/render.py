@@ -31,8 +31,15 @@ def render_snapshot(
     if verbose and snap.latest is not None:
         out.extend(_findings(snap.latest))
     out.append("")
+    out.append(_lock(snap))
     out.extend(_runs(snap))
     return "\n".join(out)
+
+
+def _lock(snap: Snapshot) -> str:
+    if snap.lock_holder is None:
+        return "run lock: free" if snap.redis_ok else "run lock: not known"
+    return f"run lock: held by {snap.lock_holder.describe(snap.taken_at)}"
 
 
 def _queues(snap: Snapshot) -> list[str]:
