@@ -149,11 +149,29 @@ class HistoryStore:
             )
 
     def unfinished_runs(self, but: str) -> list[dict[str, Any]]:
-        """Runs still marked running, other than `but`: under the run lock, runs that died."""
+        """Runs other than `but` that may have left work half done: still marked running
+        (under the run lock: dead), or ended failed or partial and not yet finished by a later
+        run (their counts name no `finished_by`)."""
         self._ensure()
-        query = sa.select(runs).where(runs.c.outcome == "running", runs.c.id != but)
+        cut_short = sa.and_(
+            runs.c.outcome.in_(["failed", "partial"]),
+            sa.not_(runs.c.counts.contains('"finished_by"')),
+        )
+        query = sa.select(runs).where(
+            runs.c.id != but, sa.or_(runs.c.outcome == "running", cut_short)
+        )
         with database_errors("reading the history"), self.engine.connect() as conn:
-            return [dict(r._mapping) for r in conn.execute(query)]
+            rows = [dict(r._mapping) for r in conn.execute(query)]
+        for row in rows:
+            row["counts"] = json.loads(row["counts"] or "{}")
+        return rows
+
+    def amend_counts(self, run_id: str, counts: dict[str, Any]) -> None:
+        """Replace a finished run's counts, leaving its outcome and error as they were."""
+        with database_errors("recording the run end"), self.engine.begin() as conn:
+            conn.execute(
+                sa.update(runs).where(runs.c.id == run_id).values(counts=json.dumps(counts))
+            )
 
     def recorded_task_ids(self, run_id: str, action: str) -> set[str]:
         """Task ids with an action of this kind recorded for the run."""
