@@ -21,7 +21,7 @@ from maintenance.actions.requeue import requeue_rows
 from maintenance.adapters.history import ActionRecord
 from maintenance.adapters.quarantine import tombstone_for
 from maintenance.adapters.results import SET_BATCH
-from maintenance.core.models import Finding, Progress, Reason
+from maintenance.core.models import Finding, Progress, Reason, Where
 from maintenance.core.plan import Action, Plan
 from maintenance.errors import UnavailableError
 from maintenance.services import Adapters
@@ -193,6 +193,7 @@ class Applier:
         revoked = sorted(heard)
         if revoked:
             self.results.mark_revoked(revoked, "orphan revoked", only_if_absent=True)
+            self._keep_from_restart([f for f in findings if f.task_id in heard])
             self.done["revoked"] += len(revoked)
             self.record(_record("revoked", [f for f in findings if f.task_id in heard]))
             log.info("🚫 revoked orphans", count=len(revoked), task_ids=revoked[:LOGGED_IDS_MAX])
@@ -205,6 +206,17 @@ class Applier:
                 "looks again",
                 count=len(unheard),
                 task_ids=[f.task_id for f in unheard[:LOGGED_IDS_MAX]],
+            )
+
+    def _keep_from_restart(self, revoked: list[Finding]) -> None:
+        """An unacked copy its live worker holds (an ETA task) is revoked in that worker's
+        memory only: were the worker to stop before the ETA, kombu would put the message back
+        for a worker that never heard the revoke. Once every copy's revoke was acknowledged,
+        the entry goes to the quarantine too; the holder's later ack of it is a no-op."""
+        held = [f for f in revoked if f.location.where is Where.UNACKED]
+        if held:
+            self.quarantine.take_unacked(
+                held, lambda f: {**self._meta(f, "unacked"), "revoked_by_broadcast": True}
             )
 
     def _delete_results(self, findings: list[Finding]) -> None:

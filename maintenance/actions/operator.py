@@ -104,6 +104,11 @@ class OperatorActions:
                 key = quarantine.put_back(entry)
                 results.forget_revoked(entry.task_id)
                 details.append(f"restored {entry.task_id} to {key!r}")
+                if entry.meta.get("revoked_by_broadcast"):
+                    details.append(
+                        f"warning: {entry.task_id} was revoked by a broadcast: workers that heard "
+                        "it skip it until they restart (Celery's worker_revoke_expires)"
+                    )
                 record = ActionRecord(
                     "restored",
                     str(entry.meta.get("origin", "queue")),

@@ -26,7 +26,7 @@ from redis.exceptions import LockError, LockNotOwnedError
 
 from maintenance.adapters.redis_layout import OwnKeys
 from maintenance.adapters.redis_reader import REDIS_ERRORS, broker_errors
-from maintenance.errors import LockHeld
+from maintenance.errors import BrokerUnavailable, LockHeld
 
 log = structlog.get_logger(__name__)
 RELEASE_ATTEMPTS = 3
@@ -128,7 +128,7 @@ class Lease:
             except LockNotOwnedError:
                 self._lose("the run lock was taken over or expired")
                 return
-            except REDIS_ERRORS as exc:
+            except (*REDIS_ERRORS, BrokerUnavailable) as exc:
                 if now - self.holder.renewed_at >= rl.lease_s:
                     self._lose(f"could not renew the run lock's lease: {exc}")
                     return
@@ -220,9 +220,10 @@ class RunLock:
             lease.close()
 
     def write_holder(self, holder: Holder) -> None:
-        self.client.set(
-            self.keys.lock_holder, json.dumps(vars(holder)), px=int(self.lease_s * 1000)
-        )
+        with broker_errors("naming the run lock's holder"):
+            self.client.set(
+                self.keys.lock_holder, json.dumps(vars(holder)), px=int(self.lease_s * 1000)
+            )
 
     def release_holder(self, holder: Holder) -> None:
         self._release_holder(keys=[self.keys.lock_holder], args=[holder.token])

@@ -16,6 +16,10 @@ from maintenance.errors import ConfigError, LockHeld, PlanRefused, UnavailableEr
 from maintenance.logging_setup import configure_logging
 from maintenance.redaction import redact_text
 
+# Named, not __name__: run as `python -m maintenance.cli.main` this module is __main__, whose
+# lines the log file (maintenance.*) would not take.
+log = structlog.get_logger("maintenance.cli.main")
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -56,7 +60,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return _fail(130, "interrupted")
     except Exception as exc:  # a bug of ours: keep the traceback in the log, not on the screen
-        structlog.get_logger(__name__).exception("internal error")
+        log.exception("internal error")
         return _fail(
             ExitCode.INTERNAL,
             f"internal error: {type(exc).__name__}: {exc} (traceback in the log file)",

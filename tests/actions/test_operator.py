@@ -134,3 +134,37 @@ def test_revoke_of_a_running_task_counts_once_its_worker_acknowledged(
         wait_for(lambda: status_counts(engine).get("processing") == 1, what="the task to start")
         code, doc = revoke(config_file, "--force", "--task-id", ids[row])
     assert (code, doc["done"]) == (0, {"revoked": 1})
+
+
+def test_revoke_of_an_eta_task_a_worker_holds_survives_that_workers_restart(
+    config_file: Path,
+    producer: Celery,
+    engine: sa.Engine,
+    redis_url: str,
+    database_url: str,
+    redis_client: redis.Redis,
+    tmp_path: Path,
+) -> None:
+    """An ETA task a live worker holds unacked: the acknowledged revoke also takes the unacked
+    entry, so the worker's shutdown puts nothing back and a fresh worker never runs it."""
+    row, sentinel = new_id(), new_id()
+    insert_rows(engine, [row, sentinel])
+    with demo_worker(redis_url, database_url, tmp_path / "first.log", pool="threads"):
+        ids = send(producer, [row], countdown=20)
+        wait_for(lambda: redis_client.hlen("unacked") == 1, what="the worker to hold it")
+        code, doc = revoke(config_file, "--force", "--task-id", ids[row])
+        assert (code, doc["done"]) == (0, {"revoked": 1})
+        assert redis_client.hlen("unacked") == 0 and redis_client.hlen(QUARANTINE) == 1
+    assert redis_client.llen(QUEUE) == 0  # its warm shutdown restored nothing
+    log = tmp_path / "fresh.log"
+    with demo_worker(redis_url, database_url, log):
+        ids |= send(producer, [sentinel])
+        wait_for(lambda: status_counts(engine).get("done") == 1, what="the sentinel task")
+        assert ids[row] not in log.read_text()
+        restored = run_cli("--config", str(config_file), "restore", "--task-id", ids[row])
+        assert restored.returncode == 0 and "revoked by a broadcast" in restored.stdout
+        wait_for(
+            lambda: status_counts(engine).get("done") == 2,
+            timeout_s=60,
+            what="the restored task at its ETA",
+        )

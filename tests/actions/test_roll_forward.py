@@ -102,7 +102,7 @@ def start_cleanup(config: Path) -> subprocess.Popen[str]:
     )
 
 
-@pytest.mark.parametrize("phase", ["scan", "quarantine"])
+@pytest.mark.parametrize("phase", ["scan", "quarantine", "bookkeeping", "compaction"])
 def test_a_cleanup_killed_mid_run_is_finished_by_the_next_run(
     config: Path,
     producer: Celery,
@@ -110,13 +110,17 @@ def test_a_cleanup_killed_mid_run_is_finished_by_the_next_run(
     redis_client: redis.Redis,
     phase: str,
 ) -> None:
-    """kill -9 while scanning (the lock taken, nothing moved yet) or while quarantining (the
-    quarantine growing): the next run, within one lease, leaves everything as one clean run."""
+    """kill -9 while scanning (the lock taken, nothing moved yet), while quarantining (the
+    quarantine growing), once its bookkeeping wrote history rows, or once its compaction has
+    shortened the list: the next run, within one lease, leaves everything as one clean run."""
     planted = plant(producer, engine, redis_client)
     proc = start_cleanup(config)
+    total = redis_client.llen(QUEUE)
     began = {
         "scan": lambda: redis_client.exists("task-maintenance:lock"),
         "quarantine": lambda: redis_client.hlen(QUARANTINE) > 0,
+        "bookkeeping": lambda: _actions_recorded(engine) > 0,
+        "compaction": lambda: redis_client.llen(QUEUE) < total,
     }[phase]
     try:
         wait_for(began, timeout_s=120, interval_s=0.002, what=f"the {phase} to begin")
@@ -126,13 +130,14 @@ def test_a_cleanup_killed_mid_run_is_finished_by_the_next_run(
     seen = json.loads(run_cli("--config", str(config), "check", "--json", "--no-results").stdout)
     assert seen["counts"]["unreadable"] == 0  # our tombstones are leftovers, not unreadable
     tombstones = seen["leftovers"]["tombstones"]
-    assert (tombstones > 0) == (phase == "quarantine")  # killed before it compacted its list
+    if phase in ("scan", "quarantine"):  # before it moved anything, or before it compacted
+        assert (tombstones > 0) == (phase == "quarantine")
     done = next_run_finishes(config, engine, redis_client, planted)
     assert done.get("tombstones_removed", 0) == tombstones
     earlier = [r for r in HistoryStore(engine).recent_runs() if r["outcome"] != "ok"]
     # Killed before its history row was written (the lock comes first), or marked interrupted
     assert [r["outcome"] for r in earlier] in ([], ["interrupted"])
-    if phase == "quarantine":
+    if phase in ("quarantine", "bookkeeping"):  # (after the compaction it may have ended)
         assert earlier and earlier[0]["counts"]["done"]["quarantined"] > 0
 
 
@@ -200,6 +205,13 @@ def next_run_finishes(
     clean = run_cli("--config", str(config), "check", "--no-results")
     assert clean.returncode == 0, clean.stdout
     return done
+
+
+def _actions_recorded(engine: sa.Engine) -> int:
+    with engine.connect() as conn:
+        if not sa.inspect(conn).has_table("maintenance_actions"):
+            return 0
+        return int(conn.execute(sa.text("SELECT count(*) FROM maintenance_actions")).scalar_one())
 
 
 def cleanup_unless_locked(config: Path) -> subprocess.CompletedProcess[str] | None:
