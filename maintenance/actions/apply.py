@@ -211,9 +211,13 @@ class Applier:
     def _keep_from_restart(self, revoked: list[Finding]) -> None:
         """An unacked copy its live worker holds (an ETA task) is revoked in that worker's
         memory only: were the worker to stop before the ETA, kombu would put the message back
-        for a worker that never heard the revoke. Once every copy's revoke was acknowledged,
+        for a worker that never heard the revoke. Once its revoke was acknowledged,
         the entry goes to the quarantine too; the holder's later ack of it is a no-op."""
-        held = [f for f in revoked if f.location.where is Where.UNACKED]
+        # Only a task an operator named: an orphan put back by such a restart is found again
+        # by the next run (and skipped by the guards), a live task would simply run.
+        held = [
+            f for f in revoked if f.location.where is Where.UNACKED and f.reason is Reason.OPERATOR
+        ]
         if held:
             self.quarantine.take_unacked(
                 held, lambda f: {**self._meta(f, "unacked"), "revoked_by_broadcast": True}

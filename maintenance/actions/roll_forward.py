@@ -48,7 +48,8 @@ class RollForward:
 
     def _finish(self, run: dict[str, Any], entries: list[Taken], by: str) -> None:
         run_id = run["id"]
-        recorded = self.history.recorded_task_ids(run_id, "quarantined")
+        # A revoked copy an operator named is in the quarantine too, recorded as revoked.
+        recorded = self.history.recorded_task_ids(run_id, "quarantined", "revoked")
         missing = [e for e in entries if e[0] not in recorded]
         if entries:  # the one write the quarantine could not make atomically with the move
             self.results.mark_revoked(

@@ -173,10 +173,10 @@ class HistoryStore:
                 sa.update(runs).where(runs.c.id == run_id).values(counts=json.dumps(counts))
             )
 
-    def recorded_task_ids(self, run_id: str, action: str) -> set[str]:
-        """Task ids with an action of this kind recorded for the run."""
+    def recorded_task_ids(self, run_id: str, *action: str) -> set[str]:
+        """Task ids with an action of these kinds recorded for the run."""
         query = sa.select(actions.c.task_id).where(
-            actions.c.run_id == run_id, actions.c.action == action
+            actions.c.run_id == run_id, actions.c.action.in_(action)
         )
         with database_errors("reading the history"), self.engine.connect() as conn:
             return {task_id for (task_id,) in conn.execute(query)}

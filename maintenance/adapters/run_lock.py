@@ -119,8 +119,8 @@ class Lease:
         while not self._stop.wait(rl.renew_s):
             now = rl.clock()
             if now - self.holder.started_at > rl.max_hold_s:
-                log.warning("run held the lock longer than cleanup.lock_ttl_s: not renewing it")
-                return  # it expires within one lease; the run learns it at its next renewal
+                self._lose("the run held the lock longer than cleanup.lock_ttl_s")
+                return  # not renewed again: it expires within one lease
             try:
                 self.lock.reacquire()
                 self.holder = replace(self.holder, renewed_at=now)
@@ -133,6 +133,9 @@ class Lease:
                     self._lose(f"could not renew the run lock's lease: {exc}")
                     return
                 log.warning("could not renew the run lock's lease; retrying", error=str(exc))
+            except Exception as exc:  # never a silent end: the lease would lapse under the run
+                self._lose(f"renewing the run lock failed: {type(exc).__name__}: {exc}")
+                return
 
     def _lose(self, why: str) -> None:
         log.error("lost the run lock: the run stops before its next step", reason=why)

@@ -18,6 +18,7 @@ from celery import Celery
 from celery.result import AsyncResult
 
 from examples.demo.schema import new_id, sub_tasks, tasks, utcnow
+from maintenance.adapters.history import HistoryStore
 from tests.conftest import ROOT, producer_app, run_cli, wait_for
 from tests.servers import PostgresServer
 from tests.workers import demo_worker
@@ -479,6 +480,7 @@ def test_database_crashed_mid_quarantine_stops_the_run_before_its_next_step(
     producer: Celery,
     redis_client: redis.Redis,
     pg_server: PostgresServer,
+    engine: sa.Engine,
 ) -> None:
     """PostgreSQL dies once quarantining has begun: exit 3, and the next step (deleting stale
     results) never starts; what was quarantined stays restorable (its entry names the run)."""
@@ -521,3 +523,13 @@ def test_database_crashed_mid_quarantine_stops_the_run_before_its_next_step(
     taken = redis_client.hlen(QUARANTINE)
     assert taken > 0 and redis_client.llen(QUEUE) + taken == len(gone)
     assert not [raw for raw in redis_client.lrange(QUEUE, 0, 200) if b"tombstone" in raw]
+    # With the database back, the next run finishes the crashed one's record, and its own work
+    again = cleanup(config_file, "--grace", "0", "--max-orphan-ratio", "1")
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["done"]["interrupted_runs_finished"] == 1
+    assert redis_client.llen(QUEUE) == 0 and redis_client.hlen(QUARANTINE) == len(gone)
+    history = HistoryStore(engine)
+    runs = history.recent_runs()
+    # its end unrecorded (the database was down): interrupted; recorded just in time: failed
+    assert sorted(r["outcome"] for r in runs) in (["interrupted", "ok"], ["failed", "ok"])
+    assert sum(history.action_counts(r["id"]).get("quarantined", 0) for r in runs) == len(gone)
