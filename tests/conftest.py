@@ -140,6 +140,26 @@ dir = "{path.parent / "logs"}"
     return path
 
 
+def short_lease_config(
+    path: Path,
+    redis_url: str,
+    database_url: str,
+    *,
+    lease_s: float = 2.0,
+    redis_timeout_s: float | None = None,
+) -> Path:
+    """A config whose run lock lapses `lease_s` after its holder dies (renewed 4 times a
+    lease), and whose Redis calls give up after `redis_timeout_s` when given."""
+    extra = f"[cleanup]\nlock_lease_s = {lease_s}\nlock_renew_s = {lease_s / 4}\n"
+    config = write_config(path, redis_url, database_url, extra=extra)
+    if redis_timeout_s is not None:
+        text = config.read_text().replace(
+            "[redis]\n", f"[redis]\nsocket_timeout_s = {redis_timeout_s}\n", 1
+        )
+        config.write_text(text)
+    return config
+
+
 @pytest.fixture
 def config_file(tmp_path: Path, redis_url: str, database_url: str) -> Path:
     return write_config(tmp_path / "maintenance.toml", redis_url, database_url)

@@ -24,7 +24,7 @@ from celery import Celery
 from examples.demo.schema import new_id
 from maintenance.adapters.history import HistoryStore
 from tests.actions.test_run import QUARANTINE, QUEUE, insert_rows
-from tests.conftest import ROOT, run_cli, wait_for, write_config
+from tests.conftest import ROOT, run_cli, short_lease_config, wait_for
 from tests.servers import RedisServer
 
 ORPHANS, LIVE = 40_000, 50
@@ -84,12 +84,7 @@ def plant(producer: Celery, engine: sa.Engine, client: redis.Redis) -> Planted:
 
 @pytest.fixture
 def config(tmp_path: Path, redis_url: str, database_url: str) -> Path:
-    return write_config(
-        tmp_path / "maintenance.toml",
-        redis_url,
-        database_url,
-        extra="[cleanup]\nlock_lease_s = 2.0\nlock_renew_s = 0.5\n",
-    )
+    return short_lease_config(tmp_path / "maintenance.toml", redis_url, database_url)
 
 
 def start_cleanup(config: Path) -> subprocess.Popen[str]:
@@ -152,14 +147,8 @@ def test_a_redis_stall_mid_quarantine_fails_the_run_and_the_next_one_finishes_it
 ) -> None:
     """Redis stops answering mid-quarantine (SIGSTOP): the run fails with Redis's error, not
     the lock's; a script call Redis completes after the client gave up is finished next run."""
-    config = write_config(
-        tmp_path / "maintenance.toml",
-        redis_url,
-        database_url,
-        extra="[cleanup]\nlock_lease_s = 2.0\nlock_renew_s = 0.5\n",
-    )
-    config.write_text(
-        config.read_text().replace("[redis]\n", "[redis]\nsocket_timeout_s = 1.0\n", 1)
+    config = short_lease_config(
+        tmp_path / "maintenance.toml", redis_url, database_url, redis_timeout_s=1.0
     )
     planted = plant(producer, engine, redis_client)
     assert redis_server.process is not None

@@ -29,7 +29,7 @@ from examples.demo.schema import new_id
 from maintenance.adapters.quarantine import split_entry
 from tests.actions.test_roll_forward import CLEANUP, forge
 from tests.actions.test_run import QUARANTINE, QUEUE, insert_rows
-from tests.conftest import ROOT, run_cli, wait_for, write_config
+from tests.conftest import ROOT, run_cli, short_lease_config, wait_for
 from tests.servers import RedisServer
 
 SOAK_S = float(os.environ.get("TM_SOAK_S", "150"))
@@ -102,14 +102,8 @@ def test_repeated_cleanups_with_faults_lose_and_duplicate_nothing(
     redis_client: redis.Redis,
 ) -> None:
     rng = random.Random(SEED)
-    config = write_config(
-        tmp_path / "maintenance.toml",
-        redis_url,
-        database_url,
-        extra="[cleanup]\nlock_lease_s = 1.5\nlock_renew_s = 0.3\n",
-    )
-    config.write_text(
-        config.read_text().replace("[redis]\n", "[redis]\nsocket_timeout_s = 1.0\n", 1)
+    config = short_lease_config(
+        tmp_path / "maintenance.toml", redis_url, database_url, lease_s=1.5, redis_timeout_s=1.0
     )
     producer.send_task("demo.process_video", args=["template"], queue=QUEUE)
     raw = redis_client.lpop(QUEUE)

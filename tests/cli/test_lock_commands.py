@@ -16,7 +16,7 @@ import redis
 from celery import Celery
 
 from examples.demo.schema import new_id
-from tests.conftest import ROOT, run_cli, wait_for, write_config
+from tests.conftest import ROOT, run_cli, short_lease_config, wait_for, write_config
 
 LOCK = "task-maintenance:lock"
 
@@ -34,12 +34,7 @@ def cleanup_in_background(config: Path) -> subprocess.Popen[bytes]:
 
 @pytest.fixture
 def short_lease(tmp_path: Path, redis_url: str, database_url: str) -> Path:
-    return write_config(
-        tmp_path / "maintenance.toml",
-        redis_url,
-        database_url,
-        extra="[cleanup]\nlock_lease_s = 2.0\nlock_renew_s = 0.5\n",
-    )
+    return short_lease_config(tmp_path / "maintenance.toml", redis_url, database_url)
 
 
 @pytest.fixture
