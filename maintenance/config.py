@@ -134,6 +134,15 @@ class LoggingSettings:
 
 
 @dataclass(frozen=True)
+class MetricsSettings:
+    """The maintenance worker's own Prometheus endpoint (`monitor --metrics-port` is the other)."""
+
+    port: int = 0  # > 0: the worker serves /metrics on this port (8758 is ours by convention)
+    addr: str = "0.0.0.0"
+    min_interval_s: float = 5.0  # scrapes closer together than this share one snapshot
+
+
+@dataclass(frozen=True)
 class Settings:
     redis: RedisSettings = field(default_factory=RedisSettings)
     database: DatabaseSettings = field(default_factory=DatabaseSettings)
@@ -146,6 +155,7 @@ class Settings:
     schedule: ScheduleSettings = field(default_factory=ScheduleSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
     alerts: AlertSettings = field(default_factory=AlertSettings)
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
     source: str = "<defaults>"
 
 
@@ -160,6 +170,7 @@ _SECTIONS: dict[str, type] = {
     "schedule": ScheduleSettings,
     "logging": LoggingSettings,
     "alerts": AlertSettings,
+    "metrics": MetricsSettings,
 }
 
 
@@ -306,6 +317,8 @@ def _check_consistency(settings: Settings) -> None:
             key="cleanup.lock_renew_s",
             source=src,
         )
+    if not 0 <= settings.metrics.port <= 65535:
+        raise ConfigError("must be a TCP port, or 0 for none", key="metrics.port", source=src)
     if not 0 < settings.cleanup.max_orphan_ratio <= 1:
         raise ConfigError("must be in (0, 1]", key="cleanup.max_orphan_ratio", source=src)
     for index, binding in enumerate(settings.bindings):

@@ -130,6 +130,11 @@ class Maintenance:
             clock=self.clock,
         )
 
+    @property
+    def visibility_timeout_s(self) -> float:
+        """The Redis transport's: an unacked message older than this is redelivered."""
+        return self.adapters.layout.visibility_timeout_s
+
     def active_rows(self) -> Iterator[dict[str, Any]]:
         """Rows in a "still to run" status, streamed from the database."""
         return self.adapters.db.iter_active_rows()

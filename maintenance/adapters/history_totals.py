@@ -26,6 +26,7 @@ class HistoryView:
     recent: tuple[dict[str, Any], ...]  # newest first
     action_totals: dict[str, float]  # summed numeric counts of every finished run
     outcome_totals: dict[str, int]  # finished runs per outcome
+    last_ok_at: float | None = None  # when the newest run with outcome "ok" finished
 
 
 class HistoryReader:
@@ -38,13 +39,16 @@ class HistoryReader:
         self._outcomes: Counter[str] = Counter()
         self._watermark: float | None = None  # finished_at of the newest run counted
         self._at_watermark: set[str] = set()  # runs finished exactly then, already counted
+        self._last_ok_at: float | None = None
 
     def read(self) -> HistoryView:
         if not self._table_exists():
             return HistoryView((), {}, {})
         recent = tuple(self._store.recent_runs(self.recent_limit))
         self._add_finished_since_watermark()
-        return HistoryView(recent, dict(self._actions), dict(self._outcomes))
+        return HistoryView(
+            recent, dict(self._actions), dict(self._outcomes), last_ok_at=self._last_ok_at
+        )
 
     def _table_exists(self) -> bool:
         if not self._exists:
@@ -69,6 +73,8 @@ class HistoryReader:
                 self._watermark, self._at_watermark = finished_at, set()
             self._at_watermark.add(run_id)
             self._outcomes[str(outcome)] += 1
+            if outcome == "ok":
+                self._last_ok_at = float(finished_at)
             self._actions.update(numeric_counts(_parse(counts)))
 
 

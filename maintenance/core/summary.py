@@ -7,6 +7,7 @@ bounded list of its most important findings), and the live view reads only that.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,6 +16,7 @@ from maintenance.core.models import Finding, FindingKind
 from maintenance.core.report import ScanReport
 
 TOP_FINDINGS = 20  # findings kept per summary: enough to act on, small enough for one Redis value
+TOP_TASK_NAMES = 20  # task names counted per finding kind: bounded label sets for the metrics
 
 # Which findings a person should see first when only a few can be shown.
 _KIND_ORDER = {
@@ -40,6 +42,9 @@ class ScanSummary:
     findings_total: int = 0
     top_findings: tuple[dict[str, Any], ...] = ()
     notes: tuple[str, ...] = ()
+    # Per finding kind, the task names with the most findings and their counts (at most
+    # TOP_TASK_NAMES each): the metrics' `name` label, as celery-exporter's task series have.
+    by_task_name: dict[str, dict[str, int]] = field(default_factory=dict)
 
     @property
     def duration_s(self) -> float:
@@ -65,6 +70,7 @@ class ScanSummary:
             findings_total=len(report.findings),
             top_findings=tuple(f.as_dict() for f in top_findings(report.findings, top)),
             notes=tuple(report.notes[:10]),
+            by_task_name=count_by_task_name(report.findings),
         )
 
     def as_dict(self) -> dict[str, Any]:
@@ -84,6 +90,7 @@ class ScanSummary:
             "findings_total": self.findings_total,
             "top_findings": list(self.top_findings),
             "notes": list(self.notes),
+            "by_task_name": {k: dict(v) for k, v in self.by_task_name.items()},
         }
 
     @classmethod
@@ -107,7 +114,22 @@ class ScanSummary:
             ),
             top_findings=tuple(doc.get("top_findings") or ()),
             notes=tuple(str(n) for n in doc.get("notes") or ()),
+            by_task_name={
+                str(kind): {str(name): int(n) for name, n in dict(names).items()}
+                for kind, names in dict(doc.get("by_task_name") or {}).items()
+            },
         )
+
+
+def count_by_task_name(
+    findings: list[Finding], limit: int = TOP_TASK_NAMES
+) -> dict[str, dict[str, int]]:
+    """Findings per kind and task name, the `limit` most frequent names of each kind."""
+    counts: dict[str, Counter[str]] = {}
+    for finding in findings:
+        if finding.task_name:
+            counts.setdefault(finding.kind.value, Counter())[finding.task_name] += 1
+    return {kind: dict(names.most_common(limit)) for kind, names in sorted(counts.items())}
 
 
 def top_findings(findings: list[Finding], limit: int = TOP_FINDINGS) -> list[Finding]:

@@ -3,12 +3,17 @@
 A custom collector rather than Gauge objects: each scrape renders exactly the label sets of the
 latest snapshot (a queue that disappeared leaves no stale series), and the refresh loop stays the
 only thing that reads Redis, whatever the scrape rate.
+
+Names follow the field's conventions so that dashboards join our series with celery-exporter's:
+`queue_name` for queues and `name` for task names (its labels), base units (seconds), `_total`
+on counters (prometheus_client adds the suffix to counter families).
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, start_http_server
@@ -18,13 +23,17 @@ from prometheus_client.registry import Collector
 from maintenance.monitor.snapshot import Snapshot
 
 PREFIX = "task_maintenance"
+# Not a port of Prometheus's list of default exporter ports (9100-9999 is fully allocated; 9808
+# there is celery-exporter's), nor Flower's 5555 or Prometheus's own 9090-9094.
+DEFAULT_METRICS_PORT = 8758
 RUN_OUTCOMES = ("ok", "partial", "failed", "refused")  # outcomes always exported, 0 or 1
 
 
 class SnapshotCollector(Collector):
-    def __init__(self) -> None:
+    def __init__(self, visibility_timeout_s: float | None = None) -> None:
         self._snapshot: Snapshot | None = None
         self._lock = threading.Lock()
+        self.visibility_timeout_s = visibility_timeout_s
 
     def update(self, snapshot: Snapshot) -> None:
         with self._lock:
@@ -36,6 +45,14 @@ class SnapshotCollector(Collector):
         if snap is None:
             return
         yield from _backend_metrics(snap)
+        if self.visibility_timeout_s is not None:
+            visibility = _gauge(
+                "broker_visibility_timeout_seconds",
+                "The Redis transport's visibility_timeout: unacked messages older than this are "
+                "redelivered",
+            )
+            visibility.add_metric([], self.visibility_timeout_s)
+            yield visibility
         if snap.redis_ok:
             yield from _broker_metrics(snap)
             yield from _scan_metrics(snap)
@@ -63,7 +80,9 @@ def _backend_metrics(snap: Snapshot) -> Iterator[Metric]:
 
 def _broker_metrics(snap: Snapshot) -> Iterator[Metric]:
     waiting = _gauge(
-        "queue_messages", "Messages waiting in a queue's priority list", ["queue", "priority"]
+        "queue_messages",
+        "Messages waiting in a queue's priority list",
+        ["queue_name", "priority"],
     )
     for depth in snap.queues:
         waiting.add_metric([depth.queue, str(depth.band)], depth.messages)
@@ -84,6 +103,9 @@ def _broker_metrics(snap: Snapshot) -> Iterator[Metric]:
     for reason, count in snap.guard_skips.items():
         skips.add_metric([reason], count)
     yield skips
+    held = _gauge("run_lock_held", "1 while a maintenance run holds the run lock")
+    held.add_metric([], float(snap.lock_holder is not None))
+    yield held
 
 
 def _scan_metrics(snap: Snapshot) -> Iterator[Metric]:
@@ -94,6 +116,15 @@ def _scan_metrics(snap: Snapshot) -> Iterator[Metric]:
     for kind, count in latest.counts.items():
         findings.add_metric([kind], count)
     yield findings
+    by_name = _gauge(
+        "scan_task_findings",
+        "Findings of the latest scan by kind and task name (the most frequent names per kind)",
+        ["kind", "name"],
+    )
+    for kind, names in latest.by_task_name.items():
+        for task_name, count in names.items():
+            by_name.add_metric([kind, task_name], count)
+    yield by_name
     for name, doc, value in (
         ("scan_timestamp_seconds", "When the latest scan finished", latest.at),
         ("scan_duration_seconds", "How long the latest scan took", latest.duration_s),
@@ -125,6 +156,12 @@ def _history_metrics(snap: Snapshot) -> Iterator[Metric]:
     last = next((r for r in recent if r.get("finished_at")), None)
     if last is not None:
         yield from _last_run_metrics(last)
+    if history.last_ok_at is not None:
+        ok = _gauge(
+            "last_successful_run_timestamp_seconds", "When the newest run with outcome ok ended"
+        )
+        ok.add_metric([], history.last_ok_at)
+        yield ok
 
 
 def _last_run_metrics(run: dict[str, Any]) -> Iterator[Metric]:
@@ -138,6 +175,36 @@ def _last_run_metrics(run: dict[str, Any]) -> Iterator[Metric]:
     for name in sorted({*RUN_OUTCOMES, str(run.get("outcome"))}):
         outcome.add_metric([name], float(name == run.get("outcome")))
     yield outcome
+
+
+class ReadOnScrape(SnapshotCollector):
+    """A collector that takes its own snapshot when scraped, at most once per `min_interval_s`.
+
+    For the maintenance worker, which has no refresh loop: the reads happen only when Prometheus
+    asks, on the HTTP server's thread, and a burst of scrapes costs one snapshot.
+    """
+
+    def __init__(
+        self,
+        read: Callable[[], Snapshot],
+        min_interval_s: float = 5.0,
+        visibility_timeout_s: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        super().__init__(visibility_timeout_s)
+        self._read = read
+        self._min_interval_s = min_interval_s
+        self._clock = clock
+        self._read_at: float | None = None
+        self._reading = threading.Lock()
+
+    def collect(self) -> Iterator[Metric]:
+        with self._reading:
+            now = self._clock()
+            if self._read_at is None or now - self._read_at >= self._min_interval_s:
+                self.update(self._read())
+                self._read_at = now
+        yield from super().collect()
 
 
 def serve_metrics(collector: SnapshotCollector, port: int, addr: str = "0.0.0.0") -> Any:

@@ -83,7 +83,11 @@ def run_monitor(args: argparse.Namespace, settings: Settings) -> int:
     maintenance = Maintenance.open(settings)
     server = None
     try:
-        collector = SnapshotCollector() if args.metrics_port is not None else None
+        collector = (
+            SnapshotCollector(maintenance.visibility_timeout_s)
+            if args.metrics_port is not None
+            else None
+        )
         if collector is not None:
             server = serve_metrics(collector, args.metrics_port, args.metrics_addr)
         snapshots = maintenance.snapshots(

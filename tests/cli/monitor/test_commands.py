@@ -133,7 +133,8 @@ def test_once_json_and_metrics_see_queued_unacked_and_orphaned_messages(
     assert snap["actions_total"] == {"quarantined": 2, "revoked": 1}
     assert snap["guard_skips"] == {"row_missing": 3}
     # Then: the metrics
-    assert metrics["task_maintenance_queue_messages"][(("priority", "3"), ("queue", "celery"))] == 1
+    queue_series = metrics["task_maintenance_queue_messages"]
+    assert queue_series[(("priority", "3"), ("queue_name", "celery"))] == 1  # celery-exporter's
     assert metrics["task_maintenance_unacked_messages"][()] == 1
     assert metrics["task_maintenance_unacked_oldest_age_seconds"][()] >= 0
     assert metrics["task_maintenance_workers_online"][()] == 1
@@ -143,6 +144,12 @@ def test_once_json_and_metrics_see_queued_unacked_and_orphaned_messages(
     assert metrics["task_maintenance_last_run_outcome"][(("outcome", "ok"),)] == 1
     assert metrics["task_maintenance_last_run_duration_seconds"][()] >= 0
     assert metrics["task_maintenance_backend_up"][(("backend", "redis"),)] == 1
+    assert metrics["task_maintenance_broker_visibility_timeout_seconds"][()] > 0
+    assert metrics["task_maintenance_run_lock_held"][()] == 0
+    assert metrics["task_maintenance_last_successful_run_timestamp_seconds"][()] > 0
+    by_name = metrics["task_maintenance_scan_task_findings"]
+    assert {label for key in by_name for label, _ in key} == {"kind", "name"}
+    assert sum(v for key, v in by_name.items() if ("kind", "orphan") in key) >= 2
 
 
 def test_once_without_a_scan_and_with_redis_down(
