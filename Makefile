@@ -13,10 +13,12 @@ $(BIN)/task-cleanup: pyproject.toml
 
 install: $(BIN)/task-cleanup
 
-# Redis and PostgreSQL server binaries (the tests and the demo start their own instances).
+# Redis and PostgreSQL server binaries (the tests and the demo start their own instances), and
+# promtool (Debian's prometheus package) for the alert rules' tests.
 system-deps:
 	@command -v redis-server >/dev/null || { apt-get update && apt-get install -y redis-server; }
 	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { apt-get update && apt-get install -y postgresql; }
+	@command -v promtool >/dev/null || { apt-get update && apt-get install -y prometheus; }
 
 demo: system-deps install
 	$(BIN)/python -m scripts.demo

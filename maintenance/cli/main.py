@@ -1,92 +1,95 @@
-"""`task-cleanup`: parse arguments, load settings, call the service, map errors to exit codes."""
+"""`task-cleanup`: the command group; each command is a thin caller of the service.
+
+The same commands run under Celery's own CLI as `celery -A proj maintenance …`
+(`maintenance.cli.celery_command`).
+"""
 
 from __future__ import annotations
 
-import argparse
-import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from importlib.metadata import PackageNotFoundError, version
 
-import structlog
+import click
 
-from maintenance.cli.commands import add_commands
-from maintenance.cli.exit_codes import ExitCode
-from maintenance.config import Settings, load_settings, resolve_config_path
-from maintenance.errors import ConfigError, LockHeld, PlanRefused, UnavailableError
-from maintenance.logging_setup import configure_logging
-from maintenance.redaction import redact_text
+from maintenance.cli.base import CliState, Group, SettingsHook, run_standalone
+from maintenance.cli.cleanup_commands import (
+    cleanup,
+    history,
+    init_db,
+    quick_fix,
+    restore,
+    revoke,
+)
+from maintenance.cli.commands import check, completion
+from maintenance.cli.lock_commands import lock
+from maintenance.cli.monitor.commands import monitor, notify
 
-# Named, not __name__: run as `python -m maintenance.cli.main` this module is __main__, whose
-# lines the log file (maintenance.*) would not take.
-log = structlog.get_logger("maintenance.cli.main")
+PROG = "task-cleanup"
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+EXIT_CODES = (
+    "Exit codes: 0 consistent/done, 1 inconsistencies found or action refused, 2 usage or "
+    "config error, 3 Redis or database unavailable, 4 another run holds the lock, 70 internal "
+    "error."
+)
+COMMANDS = (check, cleanup, quick_fix, revoke, restore, history, init_db, lock, monitor, notify)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="task-cleanup",
-        description="Keep a database task table and Celery's Redis state consistent.",
-        epilog="Exit codes: 0 consistent/done, 1 inconsistencies found or action refused, "
-        "2 usage or config error, 3 Redis or database unavailable, 4 another run holds "
-        "the lock.",
+def package_version() -> str:
+    try:
+        return version("task-maintenance")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown"
+
+
+def make_group(
+    name: str, adapt: Callable[[click.Context], SettingsHook | None] | None = None
+) -> click.Group:
+    """The command group, as `task-cleanup`, or as Celery's `maintenance` command, where `adapt`
+    reads the Celery app of the parent command and gives what to take from it."""
+
+    @click.group(
+        name=name,
+        cls=Group,
+        context_settings=CONTEXT,
+        epilog=EXIT_CODES,
+        help="Keep a database task table and Celery's Redis state consistent.",
     )
-    parser.add_argument(
+    @click.option(
         "--config",
+        "config_path",
         metavar="PATH",
         help="config file (default: $MAINTENANCE_CONFIG, else config/maintenance.toml)",
     )
-    parser.add_argument("--log-level", default=None, help="console log level (default WARNING)")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    add_commands(sub)
-    return parser
+    @click.option(
+        "--log-level",
+        envvar="TASK_CLEANUP_LOG_LEVEL",
+        show_envvar=True,
+        help="console log level (default WARNING)",
+    )
+    # the version is read from the package metadata when asked for, not at import
+    @click.version_option(
+        package_name="task-maintenance", prog_name=PROG, message="%(prog)s %(version)s"
+    )
+    @click.pass_context
+    def group(ctx: click.Context, config_path: str | None, log_level: str | None) -> None:
+        ctx.obj = CliState(
+            config_path=config_path,
+            log_level=log_level,
+            prog=PROG if adapt is None else f"celery {name}",
+            adapt=None if adapt is None else adapt(ctx),
+        )
+
+    for command in (*COMMANDS, completion):
+        group.add_command(command)
+    return group
+
+
+cli = make_group(PROG)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        settings = load_settings(resolve_config_path(args.config, os.environ), os.environ)
-        _configure_logging(settings, args)
-        return int(args.handler(args, settings))
-    except ConfigError as exc:
-        return _fail(ExitCode.USAGE, f"configuration error: {exc}")
-    except UnavailableError as exc:
-        return _fail(
-            ExitCode.UNAVAILABLE, f"{exc}\nNo verdict: nothing was changed after the failure."
-        )
-    except LockHeld as exc:
-        return _fail(ExitCode.LOCKED, str(exc))
-    except PlanRefused as exc:
-        return _fail(ExitCode.FINDINGS, f"refused: {exc}")
-    except KeyboardInterrupt:
-        return _fail(130, "interrupted")
-    except Exception as exc:  # a bug of ours: keep the traceback in the log, not on the screen
-        log.exception("internal error")
-        return _fail(
-            ExitCode.INTERNAL,
-            f"internal error: {type(exc).__name__}: {exc} (traceback in the log file)",
-        )
-
-
-def _configure_logging(settings: Settings, args: argparse.Namespace) -> None:
-    try:
-        configure_logging(
-            settings.logging.dir,
-            settings.logging.level,
-            console_level=(args.log_level or "WARNING").upper(),
-        )
-    except OSError as exc:
-        raise ConfigError(
-            f"cannot write the log directory: {exc}", key="logging.dir", source=settings.source
-        ) from None
-    except ValueError as exc:
-        raise ConfigError(
-            f"unknown log level: {exc}", key="logging.level", source=settings.source
-        ) from None
-
-
-def _fail(code: int, message: str) -> int:
-    print(f"task-cleanup: {redact_text(message)}", file=sys.stderr)
-    return int(code)
+    return run_standalone(cli, argv, PROG)
 
 
 if __name__ == "__main__":  # pragma: no cover

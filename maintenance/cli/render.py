@@ -2,29 +2,50 @@
 
 from __future__ import annotations
 
+import io
 import json
 import sys
 from collections.abc import Sequence
 from typing import Any, BinaryIO
 
 import orjson
+from rich.box import Box
+from rich.console import Console, RenderableType
+from rich.table import Table
+from rich.text import Text
 
 from maintenance.core.models import Finding
 from maintenance.core.report import ScanReport
 
+# Headers over a rule of dashes, columns apart by spaces, no frame: the same on a terminal (in
+# colour) and in a pipe (plain text that `grep`, `awk` and `split()` read as before).
+PLAIN = Box("    \n    \n -  \n    \n    \n    \n    \n    \n")
+WIDE = 10_000  # a table is never wrapped or cut to the terminal: scripts read whole lines
+
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    cells = [[str(h) for h in headers]] + [[str(c) for c in row] for row in rows]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    """A rich table rendered to text; the first column left-aligned, the others right."""
+    grid = Table(box=PLAIN, show_edge=False, pad_edge=False, header_style="bold")
+    for index, header in enumerate(headers):
+        grid.add_column(Text(str(header)), justify="right" if index else "left")
+    for row in rows:
+        grid.add_row(*(Text(str(cell)) for cell in row))
+    return render_text(grid)
 
-    def line(row: Sequence[str]) -> str:
-        return "  ".join(
-            c.rjust(w) if i else c.ljust(w)
-            for i, (c, w) in enumerate(zip(row, widths, strict=True))
-        ).rstrip()
 
-    rule = "  ".join("-" * w for w in widths)
-    return "\n".join([line(cells[0]), rule, *(line(r) for r in cells[1:])])
+def render_text(renderable: RenderableType) -> str:
+    """Render for stdout: styled on a terminal (unless NO_COLOR), plain text in a pipe."""
+    buf = io.StringIO()
+    terminal = sys.stdout.isatty()
+    console = Console(
+        file=buf,
+        width=WIDE,
+        force_terminal=terminal,
+        color_system="auto" if terminal else None,
+        highlight=False,
+    )
+    console.print(renderable)
+    return "\n".join(line.rstrip() for line in buf.getvalue().rstrip("\n").splitlines())
 
 
 def print_json(doc: Any) -> None:

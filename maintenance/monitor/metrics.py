@@ -20,13 +20,16 @@ from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from maintenance.core.models import Outcome
 from maintenance.monitor.snapshot import Snapshot
 
 PREFIX = "task_maintenance"
 # Not a port of Prometheus's list of default exporter ports (9100-9999 is fully allocated; 9808
 # there is celery-exporter's), nor Flower's 5555 or Prometheus's own 9090-9094.
 DEFAULT_METRICS_PORT = 8758
-RUN_OUTCOMES = ("ok", "partial", "failed", "refused")  # outcomes always exported, 0 or 1
+# Every outcome a finished run can have, always exported (0 until seen): the first failure is
+# then an increase of runs_total, and last_run_outcome has a series for each.
+RUN_OUTCOMES = tuple(o.value for o in Outcome if o is not Outcome.RUNNING)
 
 
 class SnapshotCollector(Collector):
@@ -146,7 +149,8 @@ def _history_metrics(snap: Snapshot) -> Iterator[Metric]:
         actions.add_metric([action], count)
     yield actions
     runs = _counter("runs", "Finished maintenance runs, by outcome", ["outcome"])
-    for outcome, count in sorted(history.outcome_totals.items()):
+    totals = {**dict.fromkeys(RUN_OUTCOMES, 0), **history.outcome_totals}
+    for outcome, count in sorted(totals.items()):
         runs.add_metric([outcome], count)
     yield runs
     recent = list(history.recent)

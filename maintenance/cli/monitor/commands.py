@@ -2,93 +2,129 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
+from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit
 
+import click
+
 from maintenance.alerts import send_test
+from maintenance.cli.base import Command, finish, json_option, state
 from maintenance.cli.exit_codes import ExitCode
 from maintenance.cli.monitor.loop import Monitor, MonitorOptions
 from maintenance.cli.monitor.terminal import FullScreen, quiet_console
 from maintenance.config import Settings
-from maintenance.monitor.metrics import SnapshotCollector, serve_metrics
+from maintenance.monitor.metrics import DEFAULT_METRICS_PORT, SnapshotCollector, serve_metrics
 from maintenance.service import Maintenance
 
 PING_TIMEOUT_S = 1.0  # the live view waits this long for worker replies, every workers_every_s
 WORKERS_EVERY_S = 10.0
 
 
-def add_monitor_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    mon = sub.add_parser(
-        "monitor",
-        help="live view of queues, unacked, workers, findings and runs",
-        description="A refreshing view of Celery's Redis state and the latest scan's findings. "
-        "Cheap reads only (no scan unless --scan): safe to leave running. When "
-        "stdout is not a terminal it prints one snapshot, like --once. Exit codes "
-        "as check, judged on the latest scan summary.",
-    )
-    mon.add_argument("-v", "--verbose", action="store_true", help="also list the findings")
-    mon.add_argument(
-        "--interval",
-        type=_positive,
-        default=2.0,
-        metavar="S",
-        help="seconds between refreshes (default 2)",
-    )
-    mon.add_argument("--once", action="store_true", help="print one snapshot and exit")
-    mon.add_argument(
-        "--count",
-        type=int,
-        metavar="N",
-        help="stop after N refreshes (keeps refreshing when stdout is not a tty)",
-    )
-    mon.add_argument("--json", action="store_true", help="one JSON object per refresh")
-    mon.add_argument(
-        "--metrics-port",
-        type=int,
-        metavar="PORT",
-        help="serve Prometheus metrics on this port (keeps refreshing)",
-    )
-    mon.add_argument(
-        "--metrics-addr",
-        default="0.0.0.0",
-        metavar="ADDR",
-        help="address for the metrics endpoint (default 0.0.0.0)",
-    )
-    mon.add_argument(
-        "--scan",
-        type=_positive,
-        nargs="?",
-        const=3600.0,
-        metavar="S",
-        help="also run a full scan now and every S seconds (default 3600), alerting per [alerts]",
-    )
-    mon.add_argument("--no-workers", action="store_true", help="do not ping workers")
-    mon.set_defaults(handler=run_monitor)
-
-    notify = sub.add_parser(
-        "notify",
-        help="send a test alert through the configured channels",
-        description="Send a test alert by webhook and/or e-mail, as "
-        "configured in [alerts]. Exit 0 when every channel "
-        "delivered, 3 when one failed, 2 when none is configured.",
-    )
-    notify.add_argument(
-        "--test", action="store_true", required=True, help="send a test alert (the only mode)"
-    )
-    notify.set_defaults(handler=run_notify)
+POSITIVE = click.FloatRange(min=0, min_open=True)
 
 
-def run_monitor(args: argparse.Namespace, settings: Settings) -> int:
-    maintenance = Maintenance.open(settings)
+@click.command(
+    cls=Command,
+    short_help="live view of queues, unacked, workers, findings and runs",
+    epilog="Exit codes as check, judged on the latest scan summary: 0 nothing found (or no scan "
+    "yet), 1 findings, 3 Redis or the database unavailable.",
+)
+@click.option("-v", "--verbose", is_flag=True, help="also list the findings")
+@click.option(
+    "--interval",
+    type=POSITIVE,
+    default=2.0,
+    metavar="S",
+    help="seconds between refreshes (default 2)",
+)
+@click.option("--once", is_flag=True, help="print one snapshot and exit")
+@click.option(
+    "--count",
+    type=int,
+    metavar="N",
+    help="stop after N refreshes (keeps refreshing when stdout is not a tty)",
+)
+@json_option("one JSON object per refresh")
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(0, 65535),
+    metavar="PORT",
+    envvar="TASK_CLEANUP_METRICS_PORT",
+    show_envvar=True,
+    help=f"serve Prometheus metrics on this port (ours: {DEFAULT_METRICS_PORT}); keeps refreshing",
+)
+@click.option(
+    "--metrics-addr",
+    default="0.0.0.0",
+    metavar="ADDR",
+    envvar="TASK_CLEANUP_METRICS_ADDR",
+    show_envvar=True,
+    help="address for the metrics endpoint (default 0.0.0.0)",
+)
+@click.option(
+    "--scan",
+    "scan_every_s",
+    type=POSITIVE,
+    is_flag=False,
+    flag_value=3600.0,
+    default=None,
+    metavar="[S]",
+    help="also run a full scan now and every S seconds (default 3600), alerting per [alerts]",
+)
+@click.option("--no-workers", is_flag=True, help="do not ping workers")
+def monitor(**options: Any) -> None:
+    """A refreshing view of Celery's Redis state and the latest scan's findings. Cheap reads
+    only (no scan unless --scan): safe to leave running. When stdout is not a terminal it prints
+    one snapshot, like --once.
+
+    \b
+    Examples:
+      task-cleanup monitor                          full screen, q quits
+      task-cleanup monitor --once --json
+      task-cleanup monitor --metrics-port 8758      a Prometheus exporter
+      task-cleanup monitor --scan 3600 --metrics-port 8758
+    """
+    finish(run_monitor(MonitorArgs(**options)))
+
+
+@click.command(
+    cls=Command,
+    short_help="send a test alert through the configured channels",
+    epilog="Exit 0 when every channel delivered, 3 when one failed, 2 when none is configured.",
+)
+@click.option("--test", is_flag=True, required=True, help="send a test alert (the only mode)")
+def notify(test: bool) -> None:
+    """Send a test alert by webhook and/or e-mail, as configured in [alerts].
+
+    \b
+    Example:
+      task-cleanup notify --test
+    """
+    finish(run_notify(state().settings()))
+
+
+@dataclass(frozen=True)
+class MonitorArgs:
+    verbose: bool
+    interval: float
+    once: bool
+    count: int | None
+    as_json: bool
+    metrics_port: int | None
+    metrics_addr: str
+    scan_every_s: float | None
+    no_workers: bool
+
+
+def run_monitor(args: MonitorArgs) -> int:
+    maintenance = Maintenance.open(state().settings())
     server = None
     try:
-        collector = (
-            SnapshotCollector(maintenance.visibility_timeout_s)
-            if args.metrics_port is not None
-            else None
-        )
-        if collector is not None:
+        collector = None
+        if args.metrics_port is not None:
+            collector = SnapshotCollector(maintenance.visibility_timeout_s)
             server = serve_metrics(collector, args.metrics_port, args.metrics_addr)
         snapshots = maintenance.snapshots(
             workers=not args.no_workers,
@@ -99,7 +135,7 @@ def run_monitor(args: argparse.Namespace, settings: Settings) -> int:
             snapshots,
             _options(args),
             collector=collector,
-            scanner=maintenance.monitor_scan if args.scan else None,
+            scanner=maintenance.monitor_scan if args.scan_every_s else None,
         )
         return _run(monitor, args)
     finally:
@@ -108,12 +144,12 @@ def run_monitor(args: argparse.Namespace, settings: Settings) -> int:
         maintenance.close()
 
 
-def _run(monitor: Monitor, args: argparse.Namespace) -> int:
+def _run(monitor: Monitor, args: MonitorArgs) -> int:
     terminal = sys.stdout.isatty()
     keeps_going = args.metrics_port is not None or args.count is not None
     if args.once or (not terminal and not keeps_going):
-        return monitor.once(as_json=args.json)
-    if args.json:
+        return monitor.once(as_json=args.as_json)
+    if args.as_json:
         return monitor.json_lines()
     if not terminal:
         return monitor.headless()
@@ -121,22 +157,22 @@ def _run(monitor: Monitor, args: argparse.Namespace) -> int:
         return monitor.live(FullScreen())
 
 
-def _options(args: argparse.Namespace) -> MonitorOptions:
+def _options(args: MonitorArgs) -> MonitorOptions:
     return MonitorOptions(
         interval_s=args.interval,
         verbose=args.verbose,
-        scan_every_s=args.scan,
+        scan_every_s=args.scan_every_s,
         max_refreshes=args.count,
     )
 
 
-def run_notify(args: argparse.Namespace, settings: Settings) -> int:
+def run_notify(settings: Settings) -> int:
     alerts = settings.alerts
     if not (alerts.webhook_enabled or alerts.mail_enabled):
-        print(
-            f"task-cleanup: no alert channel configured: set [alerts] webhook_url and/or "
+        click.echo(
+            f"{state().prog}: no alert channel configured: set [alerts] webhook_url and/or "
             f"smtp_host in {settings.source}",
-            file=sys.stderr,
+            err=True,
         )
         return ExitCode.USAGE
     delivered = send_test(alerts)
@@ -147,12 +183,5 @@ def run_notify(args: argparse.Namespace, settings: Settings) -> int:
             if channel == "webhook"
             else ", ".join(alerts.mail_to)
         )
-        print(f"{channel}: {'delivered' if ok else 'FAILED (see the log)'} ({target})")
+        click.echo(f"{channel}: {'delivered' if ok else 'FAILED (see the log)'} ({target})")
     return ExitCode.OK if delivered and all(delivered.values()) else ExitCode.UNAVAILABLE
-
-
-def _positive(text: str) -> float:
-    value = float(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError("must be greater than 0")
-    return value

@@ -15,9 +15,11 @@ from functools import partial
 from typing import TextIO
 
 import structlog
+from rich.console import RenderableType
+from rich.text import Text
 
 from maintenance.cli.exit_codes import ExitCode
-from maintenance.cli.monitor.render import render_snapshot
+from maintenance.cli.monitor.render import render_snapshot, snapshot_view
 from maintenance.cli.monitor.terminal import FullScreen
 from maintenance.errors import MaintenanceError
 from maintenance.monitor.metrics import SnapshotCollector
@@ -112,25 +114,23 @@ class Monitor:
         with screen.active():
             for _ in self._ticks(screen):
                 snap = self.refresh(on_scan_start=partial(self._draw_scanning, screen, snap))
-                screen.draw(
-                    render_snapshot(
-                        snap, verbose=self.options.verbose, interval_s=self.options.interval_s
-                    )
-                )
+                screen.draw(self._view(snap))
         return int(exit_code(snap)) if snap else int(ExitCode.OK)
 
     def _draw_scanning(self, screen: FullScreen, snap: Snapshot | None) -> None:
+        """A scan takes a while: say so over the last snapshot while it runs."""
         if snap is not None:
-            screen.draw(
-                render_snapshot(
-                    snap,
-                    verbose=self.options.verbose,
-                    interval_s=self.options.interval_s,
-                    scanning=True,
-                )
-            )
+            screen.draw(self._view(snap, scanning=True))
         else:
-            screen.draw("task-cleanup monitor   scanning...")
+            screen.draw(Text("task-cleanup monitor   scanning...", style="bold"))
+
+    def _view(self, snap: Snapshot, scanning: bool = False) -> RenderableType:
+        return snapshot_view(
+            snap,
+            verbose=self.options.verbose,
+            interval_s=self.options.interval_s,
+            scanning=scanning,
+        )
 
     def _ticks(self, screen: FullScreen | None = None) -> Iterator[int]:
         """Yield once per refresh, sleeping between; `q` on the live screen ends it."""

@@ -1,7 +1,9 @@
-"""A full-screen, redrawn-in-place terminal view (alternate screen, like `htop`), and key reads.
+"""The full-screen, redrawn-in-place view (alternate screen, like `htop`), and key reads.
 
-Plain ANSI sequences rather than curses: the view is a block of text, redrawn whole each refresh,
-and this keeps the output testable as text. The terminal is always restored, even on Ctrl-C.
+rich's `Live` in screen mode draws: it owns the alternate screen, the cursor, cropping to the
+window and colours (off with NO_COLOR). It refreshes only when told (`auto_refresh=False`): the
+monitor redraws once per interval, so no refresh thread runs beside the monitor's scans. Keys are
+read here, in cbreak mode; the terminal is always restored, even on Ctrl-C.
 """
 
 from __future__ import annotations
@@ -10,46 +12,55 @@ import contextlib
 import logging
 import os
 import select
-import shutil
 import sys
 import termios
 import tty
 from collections.abc import Iterator
 from typing import Any, TextIO
 
-ENTER = "\x1b[?1049h\x1b[?25l"  # alternate screen, hide cursor
-LEAVE = "\x1b[?25h\x1b[?1049l"  # show cursor, back to the normal screen
-HOME_CLEAR = "\x1b[H\x1b[2J"
+from rich.console import Console, RenderableType
+from rich.live import Live
+from rich.text import Text
 
 
 class FullScreen:
-    def __init__(self, out: TextIO | None = None, keys: TextIO | None = None):
-        self.out = out or sys.stdout
+    def __init__(self, console: Console | None = None, keys: TextIO | None = None):
+        self.console = console or Console(highlight=False)
         self.keys = keys or sys.stdin
-        self._saved: list[Any] | None = None
+        self._live: Live | None = None
 
     @contextlib.contextmanager
     def active(self) -> Iterator[FullScreen]:
-        self.out.write(ENTER)
-        self.out.flush()
-        if self.keys.isatty():
-            fd = self.keys.fileno()
-            self._saved = termios.tcgetattr(fd)
-            tty.setcbreak(fd)  # single key presses, no echo; Ctrl-C still interrupts
-        try:
-            yield self
-        finally:
-            if self._saved is not None:
-                termios.tcsetattr(self.keys.fileno(), termios.TCSADRAIN, self._saved)
-            self.out.write(LEAVE)
-            self.out.flush()
+        live = Live(
+            console=self.console,
+            screen=True,
+            auto_refresh=False,
+            # the logging console handlers keep their own stream (muted by quiet_console)
+            redirect_stdout=False,
+            redirect_stderr=False,
+        )
+        saved: list[Any] | None = None
+        with contextlib.ExitStack() as stack:
+            if self.keys.isatty():
+                fd = self.keys.fileno()
+                saved = termios.tcgetattr(fd)
+                # Registered first, so it runs last: after rich has left the alternate screen.
+                stack.callback(termios.tcsetattr, fd, termios.TCSADRAIN, saved)
+                tty.setcbreak(fd)  # single key presses, no echo; Ctrl-C still interrupts
+            stack.enter_context(live)
+            self._live = live
+            try:
+                yield self
+            finally:
+                self._live = None
 
-    def draw(self, text: str) -> None:
-        """Crop to the window so the view never scrolls; the size is re-read on each draw."""
-        columns, rows = shutil.get_terminal_size((100, 40))
-        lines = [line[:columns] for line in text.splitlines()][: max(1, rows - 1)]
-        self.out.write(HOME_CLEAR + "\r\n".join(lines))
-        self.out.flush()
+    def draw(self, view: RenderableType) -> None:
+        """Replace the screen's content; rich crops it to the window, re-read on each draw.
+
+        A plain string is shown as is (never parsed as rich markup: `celery[priority 3]`)."""
+        if self._live is None:
+            raise RuntimeError("FullScreen.draw outside active()")
+        self._live.update(Text(view) if isinstance(view, str) else view, refresh=True)
 
     def wait_key(self, timeout_s: float) -> str | None:
         """Sleep until a key is pressed or the timeout passes; the key, if any."""

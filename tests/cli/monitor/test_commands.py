@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import re
 import subprocess
 import sys
 import urllib.request
@@ -231,3 +233,47 @@ def test_live_view_in_a_terminal_refreshes_and_quits_on_q(
     finally:
         child.close(force=True)
     assert child.exitstatus == 0
+
+
+def test_live_view_draws_rich_tables_and_restores_the_terminal_on_q(
+    config_file: Path, producer: Celery, engine: sa.Engine
+) -> None:
+    """The live view shows the queue and findings tables, the bad verdict in red; `q` exits 1
+    (the latest scan found orphans) and leaves the terminal's modes and screen as they were."""
+    queue_work(producer, engine)
+    assert run_cli("--config", str(config_file), "check", "--no-workers").returncode == 1
+    monitor = " ".join(
+        f"'{arg}'"
+        for arg in (sys.executable, "-m", "maintenance.cli.main", "--config", str(config_file))
+    )
+    # The shell prints the terminal's modes before and after the monitor, then exits with its code
+    script = f"stty -g; {monitor} monitor --interval 0.5 --no-workers; code=$?; stty -g; exit $code"
+    child = pexpect.spawn(
+        "sh",
+        ["-c", script],
+        cwd=str(ROOT),
+        env={**os.environ, "TERM": "xterm-256color"},
+        dimensions=(40, 120),
+        encoding="utf-8",
+        timeout=30,
+    )
+    seen = io.StringIO()
+    child.logfile_read = seen
+    try:
+        child.expect_exact("\x1b[?1049h")
+        child.expect(r"celery\s+2\s")  # the queue table's cells, unstyled
+        child.expect_exact("\x1b[1;31m1 findings")  # the verdict in bold red
+        child.send("q")
+        child.expect(pexpect.EOF)
+    finally:
+        child.close(force=True)
+    assert child.exitstatus == 1
+    output = seen.getvalue()
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", output)
+    assert re.search(r"queue\s+waiting\s+─+", text) and re.search(r"finding\s+count\s+trend", text)
+    assert re.search(r"orphan\s+1\s+new", text) and "redis up" in text
+    # Then: back on the normal screen with the cursor shown, after the last draw
+    last_draw = output.rindex("1 findings")
+    assert "\x1b[?25h" in output[last_draw:] and "\x1b[?1049l" in output[last_draw:]
+    modes = re.findall(r"[0-9a-f]+(?::[0-9a-f]+){8,}", text)  # `stty -g`, before and after
+    assert len(modes) == 2 and modes[0] == modes[1], modes  # cbreak undone, echo back
