@@ -17,13 +17,16 @@ install: $(BIN)/task-cleanup
 # promtool (Debian's prometheus package) for the alert rules' tests.
 system-deps:
 	@command -v redis-server >/dev/null || { apt-get update && apt-get install -y redis-server; }
+	@command -v redis-sentinel >/dev/null || { apt-get update && apt-get install -y redis-sentinel; }
+	@command -v openssl >/dev/null || { apt-get update && apt-get install -y openssl; }
 	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { apt-get update && apt-get install -y postgresql; }
+	@command -v mariadbd >/dev/null || command -v mysqld >/dev/null || { apt-get update && apt-get install -y mariadb-server; }
 	@command -v promtool >/dev/null || { apt-get update && apt-get install -y prometheus; }
 
 demo: system-deps install
 	$(BIN)/python -m scripts.demo
 
-test: install
+test: system-deps install
 	$(BIN)/ruff check maintenance tests bench scripts examples
 	$(BIN)/ruff format --check maintenance tests bench scripts examples
 	$(BIN)/mypy

@@ -9,6 +9,7 @@ import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
+from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
@@ -33,6 +34,8 @@ class RedisSettings:
     result_backend_url: str = ""  # empty: same as broker_url
     transport_options: dict[str, Any] = field(default_factory=dict)
     result_backend_transport_options: dict[str, Any] = field(default_factory=dict)
+    ssl: dict[str, Any] = field(default_factory=dict)  # the app's broker_use_ssl (TLS files)
+    result_backend_ssl: dict[str, Any] = field(default_factory=dict)  # redis_backend_use_ssl
     max_connections: int = 50
     retry_on_timeout: bool = True
     socket_timeout_s: float = 30.0
@@ -89,6 +92,7 @@ class ScanSettings:
     inspect_timeout_s: float = 2.0
     result_retention_h: float = 24.0
     stuck_after_h: float = 24.0
+    hazards: bool = True  # report ETAs beyond the visibility timeout, duplicates, expired messages
 
 
 @dataclass(frozen=True)
@@ -186,7 +190,8 @@ def load_settings(path: Path | str, env: Mapping[str, str] | None = None) -> Set
     source = str(path)
     if not path.is_file():
         raise ConfigError(
-            "config file not found; copy config/maintenance.example.toml and adapt it, "
+            "config file not found; write one for your app with `task-cleanup config init`, or "
+            "start from the example (`task-cleanup config example > config/maintenance.toml`), "
             f"or pass --config / set ${CONFIG_ENV}",
             source=source,
         )
@@ -219,10 +224,26 @@ def settings_from_mapping(
         name: _build_section(cls, data.get(name, {}), name, source)
         for name, cls in _SECTIONS.items()
     }
+    for name in ("tasks", "sub_tasks"):
+        sections[name] = _split_schema(sections[name])
     bindings = _build_bindings(raw.get("bindings", []), source)
     settings = Settings(**sections, bindings=bindings, source=source)
     _check_consistency(settings)
     return settings
+
+
+def example_config() -> str:
+    """The example config shipped in the package (`task-cleanup config example`): users who
+    installed from PyPI have no source tree to copy it from."""
+    return resources.files("maintenance").joinpath("example_config.toml").read_text("utf-8")
+
+
+def _split_schema(section: Any) -> Any:
+    """`table = "app.jobs"` with no `schema` means table `jobs` in schema `app`, as in SQL."""
+    schema, dot, table = section.table.partition(".")
+    if section.schema or not dot or not schema or not table or "." in table:
+        return section
+    return dataclasses.replace(section, table=table, schema=schema)
 
 
 def _build_bindings(raw: Any, source: str) -> tuple[Binding, ...]:
@@ -295,6 +316,29 @@ def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
     return float(value) if hint is float else value
 
 
+SSL_CERT_REQS = ("required", "optional", "none")
+
+
+def _check_ssl(redis: RedisSettings, src: str) -> None:
+    """`[redis] ssl` / `result_backend_ssl` hold redis-py's `ssl_*` arguments, as Celery's
+    broker_use_ssl does; a typo would otherwise reach redis-py as an unknown argument."""
+    for name in ("ssl", "result_backend_ssl"):
+        for key, value in getattr(redis, name).items():
+            if not key.startswith("ssl_"):
+                raise ConfigError(
+                    "unknown TLS option; expected ssl_cert_reqs, ssl_ca_certs, ssl_certfile, "
+                    "ssl_keyfile, ssl_check_hostname or another redis-py ssl_* argument",
+                    key=f"redis.{name}.{key}",
+                    source=src,
+                )
+            if key == "ssl_cert_reqs" and value not in SSL_CERT_REQS:
+                raise ConfigError(
+                    f"must be one of {list(SSL_CERT_REQS)}, got {value!r}",
+                    key=f"redis.{name}.{key}",
+                    source=src,
+                )
+
+
 def _check_consistency(settings: Settings) -> None:
     """Cross-field rules that a single field's type cannot express."""
     src = settings.source
@@ -307,6 +351,7 @@ def _check_consistency(settings: Settings) -> None:
     for key, value in positive.items():
         if value <= 0:
             raise ConfigError(f"must be greater than 0, got {value}", key=key, source=src)
+    _check_ssl(settings.redis, src)
     if not settings.tasks.active_statuses:
         raise ConfigError("must name at least one status", key="tasks.active_statuses", source=src)
     if not settings.scan.queues:

@@ -19,7 +19,9 @@ def redact_url(url: str) -> str:
     except ValueError:
         return redact_text(url)
     if parts.password is None:
-        return url
+        # A sentinel URL's first host may have none and the next ones one:
+        # `sentinel://h1:26379;sentinel://:pw@h2:26379` (urlsplit sees only the first).
+        return redact_text(url)
     userinfo = f"{parts.username or ''}:***"
     host = parts.netloc.rsplit("@", 1)[1]
     # Sentinel URLs list several `scheme://user:pw@host` in one string: redact the rest too.

@@ -21,18 +21,30 @@ from maintenance.actions.roll_forward import RollForward
 from maintenance.actions.run import CleanupRun, RunOptions, RunResult
 from maintenance.adapters.history import HistoryStore
 from maintenance.adapters.run_lock import Holder
+from maintenance.advisor import ChooseStatuses, ConfigAdvisor, StatusQuestion
 from maintenance.alerts import maybe_alert
 from maintenance.config import Settings
 from maintenance.core.bindings import BindingTable
-from maintenance.core.envelope import parse_list_element, parse_unacked_entry
-from maintenance.core.models import Location, Message, Outcome, Progress, RunMode, Where
-from maintenance.core.report import ScanReport
+from maintenance.core.envelope import is_tombstone, parse_list_element, parse_unacked_entry
+from maintenance.core.inventory import (
+    Described,
+    Inventory,
+    PurgeSelection,
+    name_matcher,
+    operator_finding,
+)
+from maintenance.core.models import Finding, Location, Message, Outcome, Progress, RunMode, Where
+from maintenance.core.report import ScanReport, place_name
+from maintenance.core.where import Where as WhereFilter
 from maintenance.errors import LockHeld
 from maintenance.monitor.snapshot import SnapshotReader
+from maintenance.scan.browse import browse
 from maintenance.scan.reconciler import Reconciler
 from maintenance.services import Adapters, open_adapters, open_history
 
 __all__ = [
+    "ChooseStatuses",
+    "ConfigAdvisor",
     "Holder",
     "Maintenance",
     "OperatorResult",
@@ -41,6 +53,7 @@ __all__ = [
     "RunMode",
     "RunOptions",
     "RunResult",
+    "StatusQuestion",
 ]
 
 
@@ -102,6 +115,94 @@ class Maintenance:
         if record_as is not None and only is None and results:
             a.summaries.save_report(report, record_as)
         return report
+
+    def queues(self, progress: Progress | None = None) -> tuple[Inventory, ScanReport]:
+        """`task-cleanup queues`: the scan of the queues and `unacked` (no result keys), counting
+        what sits there by task name; orphans are judged as `check` judges them."""
+        a = self.adapters
+        inventory = Inventory(self.clock())
+        report = Reconciler(
+            self.settings, a.reader, a.db, a.workers, progress=progress, clock=self.clock
+        ).scan(results=False, inventory=inventory)
+        return inventory, report
+
+    def browse(
+        self, task_name: str | None = None, *, sample: int | None = None
+    ) -> Iterator[Described]:
+        """`queues --task-name`: the messages waiting (and unacked), read one by one; nothing is
+        looked up in the database. `sample`: only each band's last messages."""
+        return browse(
+            self.adapters.reader,
+            BindingTable(self.settings.bindings),
+            self.settings.scan.queues,
+            name=name_matcher(task_name),
+            sample=sample,
+        )
+
+    def purge_selection(
+        self,
+        task_name: str,
+        *,
+        queues: Sequence[str] = (),
+        where: WhereFilter | None = None,
+        older_than_s: float | None = None,
+        sample: int = 10,
+    ) -> PurgeSelection:
+        """What `purge` would take: every message of these queues (default: the scanned ones)
+        whose task name matches, whose arguments match `where`, and (`older_than_s`) whose row
+        was last updated, or which a worker took, that long ago. Read-only."""
+        selection = PurgeSelection()
+        seen: set[tuple[str, str, str]] = set()
+        now = self.clock()
+        aged: list[Finding] = []
+        for described in browse(
+            self.adapters.reader,
+            BindingTable(self.settings.bindings),
+            tuple(queues) or self.settings.scan.queues,
+            name=name_matcher(task_name),
+        ):
+            msg = described.msg
+            loc = msg.location
+            message = (loc.key, loc.delivery_tag, msg.task_id)
+            if is_tombstone(msg) or not msg.task_id or message in seen:
+                continue  # ours, unreadable, or a message a moving list showed twice
+            seen.add(message)
+            if where is not None and not where.matches(described.fields):
+                continue
+            finding = operator_finding(msg)
+            if older_than_s is not None:
+                if loc.where is Where.UNACKED:
+                    if msg.taken_at is None or now - msg.taken_at < older_than_s:
+                        continue
+                elif msg.db_id and msg.row_kind == "task":
+                    aged.append(finding)
+                    continue
+                else:
+                    selection.skipped_unknown_age += 1
+                    continue
+            self._select(selection, finding, described, sample)
+        if aged:
+            old = self.adapters.stuck_rows.updated_before(
+                {f.db_id for f in aged if f.db_id}, now - (older_than_s or 0.0)
+            )
+            for finding in aged:
+                if finding.db_id in old:
+                    self._select(selection, finding, None, 0)
+        return selection
+
+    @staticmethod
+    def _select(
+        selection: PurgeSelection, finding: Finding, described: Described | None, sample: int
+    ) -> None:
+        loc = finding.location
+        selection.findings.append(finding)
+        selection.by_place[place_name(loc.where, loc.queue, loc.priority)] += 1
+        if described is not None and len(selection.sample) < sample:
+            selection.sample.append(described)
+
+    def purge(self, selection: PurgeSelection, *, started_by: str = "api") -> OperatorResult:
+        """Quarantine what `purge_selection` chose, under the run lock, recorded as a run."""
+        return self._operator().purge(selection.findings, started_by=started_by)
 
     def check(
         self, only: str | None = None, *, results: bool = True, progress: Progress | None = None

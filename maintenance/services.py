@@ -17,6 +17,7 @@ from maintenance.adapters.celery_app import build_celery_app
 from maintenance.adapters.database import TaskDatabase, create_db_engine
 from maintenance.adapters.history import HistoryStore
 from maintenance.adapters.history_totals import HistoryReader
+from maintenance.adapters.introspection import BrokerSurvey, SchemaReader
 from maintenance.adapters.leftovers import ReplyListSweeper
 from maintenance.adapters.live_state import LiveStateReader
 from maintenance.adapters.producer import TaskProducer
@@ -26,6 +27,7 @@ from maintenance.adapters.redis_reader import RedisReader, broker_errors
 from maintenance.adapters.results import ResultWriter
 from maintenance.adapters.run_lock import RunLock
 from maintenance.adapters.scan_summary import ScanSummaryStore
+from maintenance.adapters.sentinel import MasterPin
 from maintenance.adapters.stuck_rows import StuckRows
 from maintenance.adapters.workers import WorkerControl
 from maintenance.config import Settings
@@ -75,6 +77,7 @@ def open_adapters(
             key="redis.broker_url",
             source=settings.source,
         )
+    _check_sentinel_options(settings, app)
     closers: list[Any] = []
     try:
         return _connect(settings, app, closers, clock)
@@ -83,10 +86,74 @@ def open_adapters(
         raise
 
 
+def _check_sentinel_options(settings: Settings, app: Celery) -> None:
+    """A `sentinel://` result backend without `master_name` is a config error, said so up front.
+
+    kombu refuses a Sentinel broker without it when connecting (a ValueError, reported as a config
+    error below), but Celery's SentinelBackend asks the sentinels for master `None` and fails the
+    first result read with "No master found for None", reported as Redis being unavailable.
+    """
+    url = str(app.conf.result_backend or "")
+    options = app.conf.result_backend_transport_options or {}
+    if url.startswith("sentinel://") and not options.get("master_name"):
+        key = "redis.result_backend_transport_options"
+        if not settings.redis.result_backend_url:
+            key = "redis.transport_options"
+        raise ConfigError(
+            "a sentinel:// result backend needs master_name (the name the sentinels monitor)",
+            key=key,
+            source=settings.source,
+        )
+
+
 def open_history(settings: Settings) -> tuple[HistoryStore, Callable[[], None]]:
     """The history tables alone, and how to close their engine: no Redis needed."""
     engine = create_db_engine(settings)
     return HistoryStore(engine), engine.dispose
+
+
+@dataclass
+class SurveyAdapters:
+    """`config init` / `config check`: read-only views of the app's database and broker."""
+
+    schema: SchemaReader
+    broker: BrokerSurvey
+    layout: BrokerLayout
+    _closers: list[Any] = field(default_factory=list)
+
+    def close(self) -> None:
+        _close_all(self._closers)
+
+
+def open_survey(settings: Settings) -> SurveyAdapters:
+    """Connect as `open_adapters` does (kombu's URL handling and transport options), but only
+    what a look at the schema and the queues needs."""
+    app = build_celery_app(settings)
+    if not settings.redis.broker_url.startswith(REDIS_SCHEMES):
+        raise ConfigError(
+            "must be a redis://, rediss://, unix:// or sentinel:// URL",
+            key="redis.broker_url",
+            source=settings.source,
+        )
+    closers: list[Any] = []
+    try:
+        with _url_errors("redis.broker_url", settings), broker_errors("connecting to the broker"):
+            connection = app.connection_for_read()
+            closers.append(connection.release)
+            channel = connection.default_channel
+            layout = BrokerLayout.from_channel(channel)
+            broker = redis.Redis(connection_pool=channel.pool)
+        engine = create_db_engine(settings)
+        closers.append(engine.dispose)
+        return SurveyAdapters(
+            schema=SchemaReader(engine),
+            broker=BrokerSurvey(broker, layout, count=settings.redis.chunk_size),
+            layout=layout,
+            _closers=closers,
+        )
+    except BaseException:
+        _close_all(closers)
+        raise
 
 
 def _close_all(closers: list[Any]) -> None:
@@ -98,6 +165,8 @@ def _close_all(closers: list[Any]) -> None:
 def _connect(
     settings: Settings, app: Celery, closers: list[Any], clock: Callable[[], float]
 ) -> Adapters:
+    # Behind Sentinel, each run stays on the master it began on (adapters/sentinel.py).
+    pin = MasterPin()
     with _url_errors("redis.broker_url", settings), broker_errors("connecting to the broker"):
         connection = app.connection_for_read()
         closers.append(connection.release)
@@ -105,13 +174,13 @@ def _connect(
         layout = BrokerLayout.from_channel(channel)
         # A plain client over kombu's own pool: same URL handling (TLS, sockets, sentinel),
         # and key names that we prefix ourselves from the layout.
-        broker = redis.Redis(connection_pool=channel.pool)
+        broker = pin.attach(redis.Redis(connection_pool=channel.pool))
     results_key = (
         "redis.result_backend_url" if settings.redis.result_backend_url else ("redis.broker_url")
     )
     with _url_errors(results_key, settings), broker_errors("connecting to the result backend"):
         backend = app.backend
-        results = backend.client
+        results = pin.attach(backend.client)
         result_layout = ResultLayout(task_keyprefix=as_text(backend.task_keyprefix))
     engine = create_db_engine(settings)
     closers.append(engine.dispose)

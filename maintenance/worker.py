@@ -16,14 +16,17 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any
+import sys
+from typing import Any, NoReturn
 
 from celery.signals import setup_logging, worker_ready, worker_shutdown
 
 from maintenance.adapters.celery_app import build_celery_app
 from maintenance.config import load_settings, resolve_config_path
+from maintenance.errors import ConfigError
 from maintenance.logging_setup import configure_logging
 from maintenance.monitor.metrics import ReadOnScrape, serve_metrics
+from maintenance.redaction import redact_text
 from maintenance.schedule import beat_schedule
 from maintenance.service import Maintenance
 from maintenance.tasks import register_tasks
@@ -31,16 +34,34 @@ from maintenance.tasks import register_tasks
 WORKER_LOG = "celery_worker.log"  # celery.* (worker, beat, task trace)
 APP_LOG = "app.log"  # every other library
 
-settings = load_settings(resolve_config_path(None, os.environ), os.environ)
-app = build_celery_app(settings, main="task_maintenance")
-app.conf.update(
-    beat_schedule=beat_schedule(settings),
-    task_default_queue=settings.schedule.queue,
-    worker_prefetch_multiplier=1,  # a run is long: never hold a second one behind it
-    worker_send_task_events=False,
-    task_track_started=True,
-)
-tasks = register_tasks(app, settings)
+
+def _config_error(exc: ConfigError) -> NoReturn:
+    """One paragraph and exit 2, as `task-cleanup` says it: Celery would print the traceback of
+    the failed import (it catches every Exception, but not SystemExit) and exit 1."""
+    print(
+        f"task-maintenance: configuration error: {redact_text(str(exc))}. The worker and Beat "
+        "read the file named by $MAINTENANCE_CONFIG, else config/maintenance.toml in the "
+        "current directory ($REDIS_URL, $RESULT_BACKEND_URL and $DATABASE_URL override its "
+        "URLs). Write one for your app with `task-cleanup config init`, then test it with "
+        "`task-cleanup config check`.",
+        file=sys.stderr,
+    )
+    raise SystemExit(2)
+
+
+try:
+    settings = load_settings(resolve_config_path(None, os.environ), os.environ)
+    app = build_celery_app(settings, main="task_maintenance")
+    app.conf.update(
+        beat_schedule=beat_schedule(settings),  # a bad crontab or zone is a ConfigError too
+        task_default_queue=settings.schedule.queue,
+        worker_prefetch_multiplier=1,  # a run is long: never hold a second one behind it
+        worker_send_task_events=False,
+        task_track_started=True,
+    )
+    tasks = register_tasks(app, settings)
+except ConfigError as exc:
+    _config_error(exc)
 
 
 @setup_logging.connect

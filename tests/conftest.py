@@ -1,4 +1,4 @@
-"""Fixtures: one real Redis and one real PostgreSQL per session, a clean database per test."""
+"""Fixtures: one real Redis, PostgreSQL and MariaDB per session, a clean database per test."""
 
 from __future__ import annotations
 
@@ -18,7 +18,14 @@ from celery import Celery
 
 from examples.demo.schema import create_schema
 from maintenance.config import Settings, load_settings
-from tests.servers import PostgresServer, RedisServer, free_port, remove_dir, temp_dir
+from tests.servers import (
+    MariaDBServer,
+    PostgresServer,
+    RedisServer,
+    free_port,
+    remove_dir,
+    temp_dir,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 _db_counter = itertools.count()
@@ -80,6 +87,51 @@ def engine(database_url: str) -> Iterator[sa.Engine]:
     eng = sa.create_engine(database_url, pool_pre_ping=True)
     yield eng
     eng.dispose()
+
+
+@pytest.fixture(scope="session")
+def mariadb_server() -> Iterator[MariaDBServer]:
+    server = MariaDBServer(free_port(), temp_dir("tm-mariadb-")).start()
+    yield server
+    server.stop()
+    remove_dir(server.directory)
+
+
+@pytest.fixture
+def mariadb_url(mariadb_server: MariaDBServer) -> Iterator[str]:
+    """A new, empty MariaDB database with the demo schema (utf8mb4, case-insensitive as
+    Debian's server default)."""
+    name = f"t{os.getpid()}_{next(_db_counter)}"
+    admin = sa.create_engine(mariadb_server.url, pool_pre_ping=True)
+    with admin.connect() as conn:
+        conn.execute(sa.text(f"CREATE DATABASE `{name}`"))
+    url = mariadb_server.url.replace(f"/{mariadb_server.database}?", f"/{name}?", 1)
+    engine = sa.create_engine(url)
+    create_schema(engine)
+    engine.dispose()
+    yield url
+    with admin.connect() as conn:
+        conn.execute(sa.text(f"DROP DATABASE IF EXISTS `{name}`"))
+    admin.dispose()
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    """A new SQLite file with the demo schema."""
+    url = f"sqlite:///{tmp_path / 'app.db'}"
+    engine = sa.create_engine(url)
+    create_schema(engine)
+    engine.dispose()
+    return url
+
+
+DATABASE_FIXTURES = {"postgresql": "database_url", "mariadb": "mariadb_url", "sqlite": "sqlite_url"}
+
+
+@pytest.fixture(params=list(DATABASE_FIXTURES))
+def db_url(request: pytest.FixtureRequest) -> str:
+    """The same test on every supported database, each a fresh one with the demo schema."""
+    return str(request.getfixturevalue(DATABASE_FIXTURES[request.param]))
 
 
 DEFAULT_BINDINGS = """

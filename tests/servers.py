@@ -1,4 +1,4 @@
-"""Start real Redis and PostgreSQL servers on loopback, on free ports, with data in a temp dir.
+"""Start real Redis, PostgreSQL and MariaDB servers on loopback, on free ports, data in a temp dir.
 
 Used by the test fixtures, the benchmark and the demo. Only processes started here are stopped,
 by their own PID.
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import glob
 import os
+import pwd
 import shutil
 import signal
 import socket
@@ -187,6 +188,167 @@ class PostgresServer:
                 return
             time.sleep(0.05)
         os.kill(pid, signal.SIGKILL)
+
+
+def _mariadb_bin(*names: str) -> str:
+    """The first of `names` on PATH or in /usr/sbin (root's PATH only may hold sbin)."""
+    for name in names:
+        found = shutil.which(name) or shutil.which(name, path="/usr/sbin:/usr/bin")
+        if found:
+            return found
+    raise RuntimeError(f"{' or '.join(names)} not found (apt-get install mariadb-server)")
+
+
+@dataclass
+class MariaDBServer:
+    """A MariaDB (or MySQL) server of our own: its data dir, socket and log under `directory`.
+
+    As root it runs as the package's `mysql` user (mariadbd refuses root without --user=root);
+    the PID is mariadbd's own, so pause()/resume()/stop() act on this server only.
+    """
+
+    port: int
+    directory: Path
+    user: str = "maintenance"
+    password: str = "maintenance-pw"
+    database: str = "maintenance"
+    process: subprocess.Popen[bytes] | None = None
+    _run_as: str = ""
+
+    @property
+    def url(self) -> str:
+        return (
+            f"mysql+pymysql://{self.user}:{self.password}@127.0.0.1:{self.port}/"
+            f"{self.database}?charset=utf8mb4"
+        )
+
+    @property
+    def data(self) -> Path:
+        return self.directory / "data"
+
+    @property
+    def socket(self) -> Path:
+        return self.directory / "mysql.sock"
+
+    def start(self) -> MariaDBServer:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        if os.geteuid() == 0:
+            self._run_as = "mysql" if _has_user("mysql") else "root"
+            shutil.chown(self.directory, self._run_as, self._run_as)
+        if not self.data.exists():
+            cmd = [
+                _mariadb_bin("mariadb-install-db", "mysql_install_db"),
+                "--no-defaults",
+                f"--datadir={self.data}",
+                "--auth-root-authentication-method=normal",
+                "--skip-test-db",
+                "--innodb-log-file-size=16M",
+            ]
+            if self._run_as:
+                cmd.append(f"--user={self._run_as}")
+            subprocess.run(cmd, check=True, capture_output=True, timeout=120)
+        self.resume()
+        self._create_user()
+        return self
+
+    def _create_user(self) -> None:
+        """Root over the socket (no password) makes a password user for TCP and its database."""
+        import pymysql  # the `mysql` extra; only the MariaDB tests need it
+
+        conn = pymysql.connect(unix_socket=str(self.socket), user="root", autocommit=True)
+        try:
+            with conn.cursor() as cursor:
+                for host in ("127.0.0.1", "localhost"):
+                    who = f"'{self.user}'@'{host}'"
+                    cursor.execute(
+                        f"CREATE USER IF NOT EXISTS {who} IDENTIFIED BY %s", (self.password,)
+                    )
+                    cursor.execute(f"GRANT ALL PRIVILEGES ON *.* TO {who}")
+                cursor.execute(
+                    f"CREATE DATABASE IF NOT EXISTS `{self.database}` "
+                    "CHARACTER SET utf8mb4 COLLATE utf8mb4_general_ci"
+                )
+        finally:
+            conn.close()
+
+    def resume(self) -> None:
+        """Go on after pause(), or start (again) on the existing data directory after stop()."""
+        if self.process is not None and self.process.poll() is None:
+            os.kill(self.process.pid, signal.SIGCONT)
+            return
+        cmd = [
+            _mariadb_bin("mariadbd", "mysqld"),
+            "--no-defaults",
+            f"--datadir={self.data}",
+            f"--port={self.port}",
+            "--bind-address=127.0.0.1",
+            f"--socket={self.socket}",
+            f"--pid-file={self.directory / 'mariadbd.pid'}",
+            f"--log-error={self.directory / 'mariadb.log'}",
+            "--skip-name-resolve",
+            # Debian's own defaults (its my.cnf is not read): utf8mb4, case-insensitive.
+            "--character-set-server=utf8mb4",
+            "--collation-server=utf8mb4_general_ci",
+            "--max-connections=200",
+            "--innodb-buffer-pool-size=128M",
+            "--innodb-log-file-size=16M",
+            "--innodb-flush-log-at-trx-commit=0",
+            "--innodb-doublewrite=0",
+        ]
+        if self._run_as:
+            cmd.append(f"--user={self._run_as}")
+        self.process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        _wait_port(self.port, 60.0)
+        deadline = time.monotonic() + 60
+        while not self.socket.exists():  # the socket comes last, once the server takes queries
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                log = (self.directory / "mariadb.log").read_text(errors="replace")
+                raise RuntimeError(f"mariadbd did not start:\n{log[-2000:]}")
+            time.sleep(0.05)
+
+    def pause(self) -> None:
+        """SIGSTOP: connections stay open and nothing answers, as with a hung server. Returns
+        once every thread has stopped: the signal reaches each one only when it is next
+        scheduled, and a query sent meanwhile could still be answered."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        os.kill(self.process.pid, signal.SIGSTOP)
+        deadline = time.monotonic() + 10
+        while not _all_threads_stopped(self.process.pid) and time.monotonic() < deadline:
+            time.sleep(0.005)
+
+    def stop(self, mode: str = "fast") -> None:
+        """Stop *our* mariadbd by its PID: "fast" shuts down cleanly, "kill" is a crash."""
+        process = self.process
+        if process is None or process.poll() is not None:
+            return
+        os.kill(process.pid, signal.SIGCONT)  # a paused server cannot shut down
+        process.send_signal(signal.SIGKILL if mode == "kill" else signal.SIGTERM)
+        try:
+            process.wait(60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def _all_threads_stopped(pid: int) -> bool:
+    """Every thread of the process in state T (stopped), from /proc."""
+    states = []
+    for stat in glob.glob(f"/proc/{pid}/task/*/stat"):
+        try:
+            text = Path(stat).read_text()
+        except OSError:  # the thread just ended
+            continue
+        states.append(text.rsplit(")", 1)[1].split()[0])
+    return bool(states) and all(state in "Tt" for state in states)
+
+
+def _has_user(name: str) -> bool:
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        return False
+    return True
 
 
 def remove_dir(directory: Path) -> None:

@@ -12,6 +12,7 @@ The dependency rules, read from every module's imports (function-level ones incl
 from __future__ import annotations
 
 import ast
+import importlib.util
 import json
 import os
 import pkgutil
@@ -29,6 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "maintenance"
 COMPOSITION_ROOTS = {"maintenance.worker"}  # the `celery -A` entry module
 DRIVERS = ("redis", "sqlalchemy", "kombu", "psycopg2")
+OPTIONAL_DJANGO = "maintenance.contrib.django."  # its package module imports no Django
 
 # Runs in a fresh interpreter. Third-party packages are imported first, so that what is recorded
 # is what *our* modules do at import time: sockets opened, files opened other than code, the
@@ -107,6 +109,8 @@ class ProbeResult(TypedDict):
 
 def our_modules() -> list[str]:
     names = [info.name for info in pkgutil.walk_packages(maintenance.__path__, "maintenance.")]
+    if importlib.util.find_spec("django") is None:  # the [django] extra's modules need Django
+        names = [name for name in names if not name.startswith(OPTIONAL_DJANGO)]
     return sorted(set(names) - COMPOSITION_ROOTS)
 
 

@@ -20,10 +20,27 @@ from maintenance.redaction import redact_event, redact_text, redact_url
             "postgresql+psycopg2://app:s3cr%40t@db:5432/app",
             "postgresql+psycopg2://app:***@db:5432/app",
         ),
+        (
+            "mysql+pymysql://app:s3cr%2Ft@db:3306/app?charset=utf8mb4",
+            "mysql+pymysql://app:***@db:3306/app?charset=utf8mb4",
+        ),
         ("unix://:secret@/run/redis.sock?db=2", "unix://:***@/run/redis.sock?db=2"),
         (
             "sentinel://:pw1@h1:26379;sentinel://:pw2@h2:26379/0",
             "sentinel://:***@h1:26379;sentinel://:***@h2:26379/0",
+        ),
+        (  # kombu takes the password from the first host; every host's is hidden all the same
+            "sentinel://:pw@h1:1/0;sentinel://:pw@h2:2/0;sentinel://:pw@h3:3/0",
+            "sentinel://:***@h1:1/0;sentinel://:***@h2:2/0;sentinel://:***@h3:3/0",
+        ),
+        (  # the first host without one: urlsplit sees no password, the later hosts have one
+            "sentinel://h1:26379;sentinel://user:pw@h2:26379",
+            "sentinel://h1:26379;sentinel://user:***@h2:26379",
+        ),
+        ("sentinel://h1:26379;sentinel://h2:26379/1", "sentinel://h1:26379;sentinel://h2:26379/1"),
+        (
+            "rediss://:pw@127.0.0.1:6380/0?ssl_cert_reqs=required&ssl_ca_certs=/etc/ca.pem",
+            "rediss://:***@127.0.0.1:6380/0?ssl_cert_reqs=required&ssl_ca_certs=/etc/ca.pem",
         ),
         ("redis://host:6379/0", "redis://host:6379/0"),
         ("redis://user@host/0", "redis://user@host/0"),
@@ -40,6 +57,10 @@ def test_redact_url(url: str, expected: str) -> None:
     ("text", "expected"),
     [
         ("connect to redis://:pw@h:1/0 failed", "connect to redis://:***@h:1/0 failed"),
+        (
+            "broker sentinel://:pw@h1:1;sentinel://:pw@h2:2/0 down",
+            "broker sentinel://:***@h1:1;sentinel://:***@h2:2/0 down",
+        ),
         (
             "a=postgresql://u:p@db/x b=redis://:q@r/0",
             "a=postgresql://u:***@db/x b=redis://:***@r/0",

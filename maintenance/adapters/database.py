@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Collection, Iterator
 from collections.abc import Set as AbstractSet
 from contextlib import contextmanager, nullcontext, suppress
@@ -14,7 +15,12 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Engine
 
 from maintenance.adapters.id_coercion import IdCoercer, pg_array_literal
-from maintenance.config import Settings, SubTaskTableSettings, TaskTableSettings
+from maintenance.config import (
+    DatabaseSettings,
+    Settings,
+    SubTaskTableSettings,
+    TaskTableSettings,
+)
 from maintenance.core.diff import Lookup, Verdicts
 from maintenance.core.models import RowKind, RowState, StuckRow
 from maintenance.errors import ConfigError, DatabaseUnavailable
@@ -35,21 +41,67 @@ def database_errors(what: str) -> Iterator[None]:
         ) from None
 
 
-def create_db_engine(settings: Settings) -> Engine:
+MYSQL_BACKENDS = frozenset({"mysql", "mariadb"})
+
+
+def is_mysql(dialect: sa.Dialect) -> bool:
+    """MySQL and MariaDB alike (a `mysql+pymysql://` URL to MariaDB is dialect "mysql")."""
+    return dialect.name in MYSQL_BACKENDS
+
+
+def server_engine_options(db: DatabaseSettings, url: sa.URL) -> dict[str, Any]:
+    """Pool and time-outs for a database server; SQLite, a file, gets none.
+
+    PyMySQL's `connect_timeout` covers only the TCP connect: the handshake, like every reply,
+    waits `read_timeout`, so without it a hung server hangs the connect for ever. Both take
+    `connect_timeout_s`, so on MySQL it also bounds each wait for a reply. The recycle keeps
+    pooled connections younger than the server's `wait_timeout` (the guards do not ping). The
+    session in UTC: MySQL reads and writes TIMESTAMP columns in the session's time zone, and
+    the stuck-row cut-off and ages are naive UTC."""
+    backend = url.get_backend_name()
+    pool = {"pool_size": db.pool_size, "max_overflow": db.pool_size}
+    if backend == "postgresql":
+        # libpq takes whole seconds and reads 0 as "wait for ever": never round down to it
+        seconds = max(1, math.ceil(db.connect_timeout_s))
+        return {**pool, "connect_args": {"connect_timeout": seconds}}
+    if backend in MYSQL_BACKENDS:
+        timeout: float = db.connect_timeout_s
+        if url.get_driver_name() != "pymysql":  # mysqlclient and Connector/C take whole seconds
+            timeout = max(1, round(timeout))
+        times = ("connect_timeout", "read_timeout", "write_timeout")
+        args = {**dict.fromkeys(times, timeout), "init_command": "SET time_zone = '+00:00'"}
+        return {**pool, "pool_recycle": 3600, "connect_args": args}
+    return {}
+
+
+def create_db_engine(settings: Settings, **overrides: Any) -> Engine:
+    """The engine of the app's database; `overrides` go to `create_engine` as they are."""
     db = settings.database
-    kwargs: dict[str, Any] = {"pool_pre_ping": True}
-    if db.url.startswith("postgresql"):
-        kwargs.update(
-            pool_size=db.pool_size,
-            max_overflow=db.pool_size,
-            connect_args={"connect_timeout": int(db.connect_timeout_s)},
-        )
     try:
-        return sa.create_engine(db.url, **kwargs)
+        url = sa.make_url(db.url)
+        kwargs: dict[str, Any] = {"pool_pre_ping": True, **server_engine_options(db, url)}
+        engine = sa.create_engine(url, **{**kwargs, **overrides})
     except (sa.exc.ArgumentError, ImportError, ValueError) as exc:  # ValueError: bad port
+        hint = ""
+        if isinstance(exc, ImportError) and db.url.startswith(("mysql", "mariadb")):
+            hint = " (pip install 'task-maintenance[mysql]')"
         raise ConfigError(
-            f"invalid database URL: {exc}", key="database.url", source=settings.source
+            f"invalid database URL: {exc}{hint}", key="database.url", source=settings.source
         ) from None
+    if engine.dialect.driver == "pymysql":
+        sa.event.listen(engine, "handle_error", _end_broken_stream)
+    return engine
+
+
+def _end_broken_stream(context: sa.engine.ExceptionContext) -> None:
+    """PyMySQL: a streaming (SSCursor) result whose connection was lost still reads for its
+    remaining rows when closed or collected, and fails there again (AttributeError, printed as
+    "Exception ignored"). The connection is gone, and with it the rest of the result."""
+    # getattr all the way: an error raised here would replace the one being handled.
+    cursor = getattr(context.execution_context, "cursor", None)
+    result = getattr(cursor, "_result", None)
+    if context.is_disconnect and getattr(result, "unbuffered_active", False):
+        result.unbuffered_active = False  # type: ignore[union-attr]
 
 
 class TaskDatabase:
@@ -110,7 +162,33 @@ class TaskDatabase:
                     key=f"{section}.{key}",
                     source=source,
                 )
+        self._note_comparison(table)
         return table
+
+    def _note_comparison(self, table: sa.Table) -> None:
+        """How the database compares each text column, in `column.info` for `IdCoercer`: a
+        PostgreSQL char(n) ignores trailing spaces; on MySQL the column's collation decides
+        (reflection names it only where it differs from the table's), and its character set
+        which ids it can hold at all."""
+        dialect = self.engine.dialect
+        if dialect.name == "postgresql":
+            for column in table.c:
+                column.info["pad_space"] = isinstance(column.type, sa.CHAR)
+            return
+        if not is_mysql(dialect):
+            return
+        query = sa.text(
+            "SELECT column_name, character_set_name, collation_name"
+            " FROM information_schema.columns"
+            " WHERE table_schema = COALESCE(:schema, DATABASE()) AND table_name = :name"
+        )
+        params = {"schema": table.schema, "name": table.name}
+        with self.engine.connect() as conn:
+            found = {str(n).lower(): (cs, c) for n, cs, c in conn.execute(query, params)}
+        for column in table.c:
+            charset, collation = found.get(column.name.lower(), (None, None))
+            if collation is not None:
+                column.info.update(charset=charset, collation=collation, pad_space=True)
 
     @property
     def tasks(self) -> sa.Table:
@@ -132,9 +210,17 @@ class TaskDatabase:
         return self._sub_tasks
 
     # -- look-ups -----------------------------------------------------------------------------
-    def lookup(self, task_ids: Collection[str], sub_task_ids: Collection[str] = ()) -> Lookup:
+    def lookup(
+        self,
+        task_ids: Collection[str],
+        sub_task_ids: Collection[str] = (),
+        conn: sa.Connection | None = None,
+    ) -> Lookup:
         """Rows for a batch of ids: one query per table per batch, never one per message."""
-        with database_errors("looking up task rows"), self.engine.connect() as conn:
+        with (
+            database_errors("looking up task rows"),
+            nullcontext(conn) if conn is not None else self.engine.connect() as conn,
+        ):
             invalid: set[str] = set()
             subs: dict[str, RowState] = {}
             if sub_task_ids:
@@ -164,6 +250,11 @@ class TaskDatabase:
         the GIL: that made the look-up thread, not PostgreSQL, the bottleneck."""
         with database_errors("connecting to the database"):
             conn = self.engine.connect()
+            if is_mysql(self.engine.dialect):
+                # Each look-up its own transaction, as PostgreSQL's READ COMMITTED reads: one
+                # REPEATABLE READ snapshot for the whole scan would miss every row committed
+                # after its first batch (and hold the tables' metadata locks throughout).
+                conn = conn.execution_options(isolation_level="AUTOCOMMIT")
         try:
             yield partial(self.verdicts, conn=conn)
         finally:
@@ -180,7 +271,10 @@ class TaskDatabase:
         returns only the missing and finished ones: live rows, nearly all of them, never leave
         the database. Sub-task rows and their parents are fetched whole, as in `lookup`."""
         if self.engine.dialect.name != "postgresql":
-            return Verdicts.build(task_ids, sub_task_ids, self.lookup(task_ids, sub_task_ids))
+            # MySQL's pinned connection is in autocommit; SQLite keeps a connection per call.
+            pinned = conn if is_mysql(self.engine.dialect) else None
+            lookup = self.lookup(task_ids, sub_task_ids, conn=pinned)
+            return Verdicts.build(task_ids, sub_task_ids, lookup)
         with (
             database_errors("looking up task rows"),
             nullcontext(conn) if conn is not None else self.engine.connect() as conn,
@@ -219,6 +313,7 @@ class TaskDatabase:
         id_col = table.c[cfg.id_column]
         coerce = IdCoercer.for_column(id_col)
         by_value, invalid = coerce.group(task_ids)
+        by_key = coerce.by_key(by_value)
         status = table.c[cfg.status_column] if cfg.status_column else sa.null()
         active = set(cfg.active_statuses)
         array_type = postgresql.ARRAY(id_col.type)
@@ -245,7 +340,7 @@ class TaskDatabase:
         for start in range(0, len(values), batch):
             chunk = values[start : start + batch]
             for row_id, found, state in conn.execute(query, {"ids": pg_array_literal(chunk)}):
-                texts = by_value.get(coerce(str(row_id)), ())
+                texts = by_key.get(coerce.row_key(row_id), ())
                 not_live.update(texts)
                 if found:
                     row = RowState(
@@ -271,22 +366,52 @@ class TaskDatabase:
         columns.append(table.c[status_column] if status_column else sa.null())
         columns.append(table.c[parent_column] if parent_column else sa.null())
         active = set(self.settings.tasks.active_statuses)
-        rows: dict[str, RowState] = {}
-        values = list(by_value)
-        batch = self.settings.database.batch_size
-        for start in range(0, len(values), batch):
-            query = sa.select(*columns).where(
-                self._id_filter(id_col, values[start : start + batch])
-            )
-            for row_id, status, parent in conn.execute(query):
-                key = coerce(str(row_id))
-                state = RowState(
+
+        states: dict[tuple[Any, Any], RowState] = {}  # a few statuses: one RowState each
+
+        def state(status: Any, parent: Any) -> RowState:
+            found = states.get((status, parent))
+            if found is None:
+                found = states[status, parent] = RowState(
                     active=(status is None and not status_column) or status in active,
                     status="" if status is None else str(status),
                     parent_id=None if parent is None else str(parent),
                 )
-                for text in by_value.get(key, ()):
-                    rows[text] = state
+            return found
+
+        rows: dict[str, RowState] = {}
+        values = list(by_value)
+        batch = self.settings.database.batch_size
+        for start in range(0, len(values), batch):
+            chunk = values[start : start + batch]
+            # A row stands for the ids of its own batch that the server calls equal to it.
+            by_key = coerce.by_key({v: by_value[v] for v in chunk} if coerce.fold else by_value)
+            strays = False  # a row that matches no id's key: the fold is not the equality
+            doubtful: set[str] = set()  # ids matched to a row by a fold that may be wrong
+            for row_id, status, parent in conn.execute(
+                sa.select(*columns).where(self._id_filter(id_col, chunk))
+            ):
+                texts = by_key.get(coerce.row_key(row_id))
+                if texts is None:
+                    strays = True
+                    continue
+                rows.update(dict.fromkeys(texts, state(status, parent)))
+                if coerce.unsure(row_id):
+                    doubtful.update(texts)
+            if strays or doubtful or (coerce.fold_ascii_only and any(map(coerce.unsure, chunk))):
+                # Which ids those rows were for is not known for sure: each id of the batch
+                # not matched for certain (no row, or a non-ASCII id or row) is asked on its
+                # own, with the server's own `=`: never missing (nor present) on the fold's word.
+                for value in chunk:
+                    text = by_value[value][0]
+                    if text not in rows or text in doubtful or coerce.unsure(value):
+                        query = sa.select(*columns).where(id_col == coerce.param(text))
+                        found = conn.execute(query).first()
+                        for each in by_value[value]:
+                            if found is None:
+                                rows.pop(each, None)
+                            else:
+                                rows[each] = state(found[1], found[2])
         return rows, invalid
 
     def _id_filter(self, column: sa.Column[Any], values: list[Any]) -> sa.ColumnElement[bool]:

@@ -12,7 +12,12 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from maintenance.adapters.database import TaskDatabase, create_db_engine, database_errors
+from maintenance.adapters.database import (
+    MYSQL_BACKENDS,
+    TaskDatabase,
+    create_db_engine,
+    database_errors,
+)
 from maintenance.adapters.id_coercion import IdCoercer
 from maintenance.config import Settings
 from maintenance.core.models import RowKind, Rows, RowState, as_text
@@ -20,24 +25,21 @@ from maintenance.errors import ConfigError
 
 
 def create_guard_engine(settings: Settings) -> Engine:
-    """PostgreSQL without pre-ping: after a database restart the first read fails, the pool is
-    invalidated and the guard's own back-off retries the task; a ping on every task would buy
-    nothing but a round trip. Other databases get the shared engine unchanged."""
-    db = settings.database
-    if not db.url.startswith("postgresql"):
+    """A server database (PostgreSQL, MySQL, MariaDB) in autocommit and without pre-ping: after
+    a database restart the first read fails, the pool is invalidated and the guard's own back-off
+    retries the task; a ping on every task would buy nothing but a round trip. SQLite gets the
+    shared engine unchanged."""
+    backend = _backend(settings)
+    if backend != "postgresql" and backend not in MYSQL_BACKENDS:
         return create_db_engine(settings)
+    return create_db_engine(settings, isolation_level="AUTOCOMMIT", pool_pre_ping=False)
+
+
+def _backend(settings: Settings) -> str:
     try:
-        return sa.create_engine(
-            db.url,
-            pool_size=db.pool_size,
-            max_overflow=db.pool_size,
-            isolation_level="AUTOCOMMIT",
-            connect_args={"connect_timeout": int(db.connect_timeout_s)},
-        )
-    except (sa.exc.ArgumentError, ImportError) as exc:
-        raise ConfigError(
-            f"invalid database URL: {exc}", key="database.url", source=settings.source
-        ) from None
+        return sa.make_url(settings.database.url).get_backend_name()
+    except sa.exc.ArgumentError:
+        return ""  # create_db_engine reports it against database.url
 
 
 class RowReader:

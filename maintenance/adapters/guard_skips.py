@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import redis
 
+from maintenance.adapters.celery_app import broker_connection
 from maintenance.adapters.redis_reader import broker_errors
 from maintenance.config import RedisSettings
+
+_REDIS_SCHEMES = ("redis://", "rediss://", "unix://", "sentinel://", "socket://")
 
 
 class SkipCounter:
@@ -17,7 +21,7 @@ class SkipCounter:
     def __init__(self, settings: RedisSettings, key: str):
         self.settings = settings
         self.key = key
-        self._client: tuple[int, redis.Redis] | None = None
+        self._client: tuple[int, redis.Redis, Any] | None = None  # pid, client, kombu's
 
     def count(self, reason: str) -> None:
         """Raises BrokerUnavailable (also for an unusable URL): the caller decides it is best
@@ -26,21 +30,36 @@ class SkipCounter:
             self._connection().hincrby(self.key, reason, 1)
 
     def _connection(self) -> redis.Redis:
+        """A plain client over kombu's own pool, as services.py builds the broker client.
+
+        `redis.Redis.from_url` knows neither `sentinel://` URLs (kombu's form: the sentinels'
+        addresses, `master_name` in the transport options) nor the `[redis] ssl` files, so the
+        counter failed on every skip behind Sentinel; kombu's pool follows the master through a
+        failover, and takes TLS from the URL or the settings exactly as the app's broker does.
+        """
         pid = os.getpid()
         if self._client is not None and self._client[0] == pid:
             return self._client[1]
+        self._client = None  # inherited through fork: the parent's sockets are not ours
+        if not self.settings.broker_url.startswith(_REDIS_SCHEMES):
+            raise redis.RedisError("invalid broker URL: not a Redis URL")
         try:
-            client = redis.Redis.from_url(
-                self.settings.broker_url,
-                socket_timeout=self.settings.socket_timeout_s,
-                socket_connect_timeout=self.settings.socket_timeout_s,
-            )
-        except ValueError as exc:  # a URL redis-py cannot use: not a reason to fail a task
+            # Best effort inside a task: one attempt, not kombu's seconds of reconnecting.
+            connection = broker_connection(self.settings, max_retries=0)
+        except (ValueError, KeyError) as exc:  # a URL kombu cannot use: not a reason to fail a task
             raise redis.RedisError(f"invalid broker URL: {exc}") from None
-        self._client = (pid, client)
+        try:
+            client = redis.Redis(connection_pool=connection.default_channel.pool)
+        except ValueError as exc:  # e.g. a sentinel:// URL without master_name
+            connection.release()
+            raise redis.RedisError(f"invalid broker URL: {exc}") from None
+        except BaseException:
+            connection.release()
+            raise
+        self._client = (pid, client, connection)
         return client
 
     def close(self) -> None:
         if self._client is not None and self._client[0] == os.getpid():
-            self._client[1].close()
+            self._client[2].release()
         self._client = None

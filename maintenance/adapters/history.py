@@ -11,11 +11,24 @@ from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import mysql
 from sqlalchemy.engine import Engine
 
 from maintenance.adapters.database import database_errors
 
 metadata = sa.MetaData()
+
+# Epoch seconds: a double everywhere (MySQL's FLOAT is single precision: hours, not
+# microseconds). Long texts: TEXT is unbounded on PostgreSQL and SQLite, 64 KiB on MySQL.
+Seconds = sa.Double
+LongText = sa.Text().with_variant(mysql.MEDIUMTEXT(), "mysql", "mariadb")
+# On MySQL, whatever the server's or the database's defaults: any text (utf8mb4), compared
+# exactly, as PostgreSQL does.
+MYSQL_TABLE: dict[str, Any] = {
+    f"{name}_{option}": value
+    for name in ("mysql", "mariadb")  # a mariadb:// URL reads only its own
+    for option, value in (("charset", "utf8mb4"), ("collate", "utf8mb4_bin"))
+}
 
 runs = sa.Table(
     "maintenance_runs",
@@ -23,11 +36,12 @@ runs = sa.Table(
     sa.Column("id", sa.String(36), primary_key=True),
     sa.Column("started_by", sa.String(200), nullable=False),
     sa.Column("mode", sa.String(40), nullable=False),
-    sa.Column("started_at", sa.Float, nullable=False, index=True),
-    sa.Column("finished_at", sa.Float),
+    sa.Column("started_at", Seconds, nullable=False, index=True),
+    sa.Column("finished_at", Seconds),
     sa.Column("outcome", sa.String(20), nullable=False),  # core.models.Outcome
-    sa.Column("counts", sa.Text, nullable=False, default="{}"),
-    sa.Column("error", sa.Text),
+    sa.Column("counts", LongText, nullable=False, default="{}"),
+    sa.Column("error", LongText),
+    **MYSQL_TABLE,
 )
 
 actions = sa.Table(
@@ -35,7 +49,7 @@ actions = sa.Table(
     metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
     sa.Column("run_id", sa.String(36), nullable=False, index=True),
-    sa.Column("at", sa.Float, nullable=False),
+    sa.Column("at", Seconds, nullable=False),
     sa.Column("action", sa.String(30), nullable=False),
     sa.Column("kind", sa.String(30), nullable=False),
     sa.Column("reason", sa.String(40), nullable=False),
@@ -43,6 +57,7 @@ actions = sa.Table(
     sa.Column("task_name", sa.String(255)),
     sa.Column("db_id", sa.String(255)),
     sa.Column("location", sa.String(500)),
+    **MYSQL_TABLE,
 )
 
 

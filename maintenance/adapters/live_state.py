@@ -10,6 +10,7 @@ from maintenance.adapters.redis_layout import BrokerLayout, OwnKeys
 from maintenance.adapters.redis_reader import broker_errors
 from maintenance.adapters.run_lock import Holder
 from maintenance.adapters.scan_summary import ScanSummaryStore, decode
+from maintenance.adapters.sentinel import follow_master
 from maintenance.core.summary import ScanSummary
 
 
@@ -54,6 +55,7 @@ class LiveStateReader:
         bands = [
             (queue, band, key) for queue in queues for band, key in self.layout.queue_keys(queue)
         ]
+        follow_master(self.client)  # each refresh reads the master the sentinels name now
         with broker_errors("reading the monitor snapshot"):
             pipe = self.client.pipeline(transaction=False)
             for _, _, key in bands:

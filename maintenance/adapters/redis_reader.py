@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import orjson
 import redis
@@ -14,6 +15,7 @@ from kombu.exceptions import OperationalError as KombuOperationalError
 from redis.commands.core import Script
 
 from maintenance.adapters.redis_layout import BrokerLayout, ResultLayout
+from maintenance.adapters.sentinel import follow_master
 from maintenance.core.models import ResultMeta
 from maintenance.errors import BrokerUnavailable
 
@@ -37,7 +39,45 @@ def broker_errors(what: str) -> Iterator[None]:
     try:
         yield
     except REDIS_ERRORS as exc:
-        raise BrokerUnavailable(f"Redis failed while {what}: {exc}") from None
+        raise BrokerUnavailable(f"Redis failed while {what}: {describe_error(exc)}") from None
+
+
+def describe_error(exc: BaseException) -> str:
+    """The driver's message; for a TLS failure, which certificate is the problem.
+
+    redis-py reports every TLS failure as a ConnectionError whose text is the OpenSSL error
+    ("Error 1 connecting to h:p. [SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed:
+    ... (_ssl.c:1006)."), and a server that wants a client certificate often just as "EOF
+    occurred in violation of protocol"; the ssl exception underneath says what happened.
+    """
+    tls = _ssl_error(exc)
+    if tls is None:
+        return str(exc)
+    if isinstance(tls, ssl.SSLCertVerificationError):
+        return (
+            f"TLS certificate verify failed: {tls.verify_message} (the server's certificate, "
+            "checked against ssl_ca_certs and the host name in the URL)"
+        )
+    reason = str(tls.reason or "")
+    if "CERTIFICATE_REQUIRED" in reason:
+        return "TLS handshake failed: the server requires a client certificate (ssl_certfile)"
+    if "UNKNOWN_CA" in reason or "BAD_CERTIFICATE" in reason or "CERTIFICATE_UNKNOWN" in reason:
+        return f"TLS handshake failed: the server rejected our client certificate ({reason})"
+    if isinstance(tls, ssl.SSLEOFError):
+        return (
+            "TLS connection closed by the server during the handshake (does it require a client "
+            f"certificate? ssl_certfile, ssl_keyfile): {exc}"
+        )
+    return f"TLS failed: {tls}"
+
+
+def _ssl_error(exc: BaseException | None) -> ssl.SSLError | None:
+    """The ssl exception in the chain of causes kombu and redis-py put on top of it."""
+    for _ in range(10):
+        if exc is None or isinstance(exc, ssl.SSLError):
+            return exc
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 def call_redis(what: str, fn: Callable[[], T]) -> T:
@@ -73,6 +113,11 @@ class RedisReader:
         self.depth = depth
         self._meta_script: Script | None = results.register_script(_VALUES_AND_TTLS_LUA)
 
+    def begin_scan(self) -> None:
+        """A scan is one unit of work: behind Sentinel, all of it reads the master the sentinels
+        name now, and a failover during it fails it (adapters/sentinel.py)."""
+        follow_master(self.broker)
+
     def list_lengths(self, keys: list[str]) -> dict[str, int]:
         def run() -> dict[str, int]:
             pipe = self.broker.pipeline(transaction=False)
@@ -106,6 +151,24 @@ class RedisReader:
                 if len(chunk) < size:
                     return
             start += self.depth * size
+
+    def iter_tail(self, key: str, count: int) -> Iterator[tuple[int, list[bytes]]]:
+        """The last `count` elements (the next a worker takes), in `chunk_size` reads, head to
+        tail: a bounded sample of a list however long it is."""
+        length = call_redis(f"reading the length of {key!r}", lambda: int(self.broker.llen(key)))
+        start = max(0, length - count)
+        while start < length:
+            stop = min(length, start + self.chunk_size) - 1
+
+            def run(start: int = start, stop: int = stop) -> list[bytes]:
+                # our broker client never decodes responses: list elements are bytes
+                return cast("list[bytes]", self.broker.lrange(key, start, stop))
+
+            chunk = call_redis(f"reading list {key!r}", run)
+            if not chunk:
+                return
+            yield start, chunk
+            start += len(chunk)
 
     def iter_unacked(self) -> Iterator[list[RawUnacked]]:
         """HSCAN the unacked hash, with each tag's unacked_index score (when a worker took it)."""

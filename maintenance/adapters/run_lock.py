@@ -26,6 +26,7 @@ from redis.exceptions import LockError, LockNotOwnedError
 
 from maintenance.adapters.redis_layout import OwnKeys
 from maintenance.adapters.redis_reader import REDIS_ERRORS, broker_errors
+from maintenance.adapters.sentinel import follow_master
 from maintenance.errors import BrokerUnavailable, LockHeld
 
 log = structlog.get_logger(__name__)
@@ -192,6 +193,7 @@ class RunLock:
         """Raises LockHeld, naming the holder, when another run holds it (after waiting
         `wait_s`, default the configured `lock_wait_s`)."""
         wait_s = self.wait_s if wait_s is None else wait_s
+        follow_master(self.client)  # a run begins: on the master the sentinels name now
         with broker_errors("taking the run lock"):
             # Not thread-local: the lease thread renews with the token the run acquired.
             lock = self.client.lock(

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from functools import partial
+from typing import Any, TypeVar
 
+import redis
 from celery import Celery
 
 from maintenance.adapters.redis_reader import broker_errors
 from maintenance.core.bindings import BindingTable
 from maintenance.core.models import Location, Message, Reason, Where
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -36,7 +40,7 @@ class WorkerControl:
 
     def ping(self) -> list[str]:
         with broker_errors("pinging workers"):
-            replies = self.app.control.ping(timeout=self.timeout_s) or []
+            replies = _after_failover(lambda: self.app.control.ping(timeout=self.timeout_s)) or []
         return sorted(name for reply in replies for name in reply)
 
     def snapshot(self, bindings: BindingTable) -> WorkerView:
@@ -52,9 +56,9 @@ class WorkerControl:
             inspect = self.app.control.inspect(
                 timeout=self.timeout_s, destination=alive, limit=len(alive)
             )
-            active = inspect.active() or {}
-            reserved = inspect.reserved() or {}
-            scheduled = inspect.scheduled() or {}
+            active = _after_failover(inspect.active) or {}
+            reserved = _after_failover(inspect.reserved) or {}
+            scheduled = _after_failover(inspect.scheduled) or {}
         workers = set(alive) | set(active) | set(reserved) | set(scheduled)
         messages: list[Message] = []
         for state, replies in (
@@ -81,18 +85,48 @@ class WorkerControl:
             for start in range(0, len(task_ids), batch_size):
                 batch = list(task_ids[start : start + batch_size])
                 if not expect:
-                    self.app.control.revoke(batch)
+                    _after_failover(partial(self.app.control.revoke, batch))
                     continue
-                replies = self.app.control.revoke(
-                    batch,
-                    destination=list(expect),
-                    reply=True,
-                    timeout=self.timeout_s,
-                    limit=len(expect),
+                replies = _after_failover(
+                    partial(
+                        self.app.control.revoke,
+                        batch,
+                        destination=list(expect),
+                        reply=True,
+                        timeout=self.timeout_s,
+                        limit=len(expect),
+                    )
                 )
                 if any("ok" in answer for reply in replies or () for answer in reply.values()):
                     acknowledged.update(batch)
         return acknowledged
+
+
+def _after_failover(call: Callable[[], T]) -> T:
+    """`call`, once more if its pooled connection was to a master that a Sentinel failover
+    demoted (a replica now: READONLY, "The previous master is now a slave").
+
+    redis-py (8.x) reconnects a Sentinel connection to the address it had, so kombu's pooled
+    control connections kept failing on the old master after a graceful failover; kombu drops
+    the failed connection, and the second attempt asks the sentinels. Broadcasts are idempotent
+    (a ping, an inspection, a revoke a worker already has), so a repeat is harmless.
+    """
+    try:
+        return call()
+    except redis.ConnectionError as exc:
+        if not _demoted_master(exc):
+            raise
+        return call()
+
+
+def _demoted_master(exc: BaseException | None) -> bool:
+    for _ in range(10):
+        if exc is None:
+            return False
+        if isinstance(exc, redis.ReadOnlyError):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 def _message(request: dict[str, Any], worker: str, state: str, bindings: BindingTable) -> Message:

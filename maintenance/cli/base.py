@@ -30,6 +30,7 @@ log = structlog.get_logger("maintenance.cli.main")
 
 F = TypeVar("F", bound=Callable[..., Any])
 SettingsHook = Callable[[Settings], Settings]
+SettingsLoader = Callable[[], Settings]
 
 
 @dataclass
@@ -41,13 +42,18 @@ class CliState:
     log_level: str | None = None
     prog: str = "task-cleanup"
     adapt: SettingsHook | None = None  # `celery … maintenance`: the app's broker settings
+    # `manage.py task_cleanup`: the settings come from the framework's (Django's), not a file;
+    # an explicit `--config` still wins, since it is what the operator typed.
+    load: SettingsLoader | None = None
     env: Mapping[str, str] = field(default_factory=lambda: os.environ)
     _settings: Settings | None = None
 
     def settings(self) -> Settings:
         if self._settings is None:
-            path = resolve_config_path(self.config_path, self.env)
-            settings = load_settings(path, self.env)
+            if self.load is not None and self.config_path is None:
+                settings = self.load()
+            else:
+                settings = load_settings(resolve_config_path(self.config_path, self.env), self.env)
             if self.adapt is not None:
                 settings = self.adapt(settings)
             _configure_logging(settings, self.log_level)
@@ -126,6 +132,9 @@ class Group(DYMGroup):  # type: ignore[misc]  # click-didyoumean ships no type h
             fail(ExitCode.FINDINGS, f"refused: {exc}")
         except KeyboardInterrupt:
             fail(130, "interrupted")
+        except BrokenPipeError:  # `task-cleanup queues --task-name '*' | head`: the reader left
+            _silence_stdout()
+            finish(141)  # 128 + SIGPIPE, as a shell pipeline reports it
         except Exception as exc:  # a bug of ours: keep the traceback in the log, not on screen
             log.exception("internal error")
             fail(
@@ -133,6 +142,17 @@ class Group(DYMGroup):  # type: ignore[misc]  # click-didyoumean ships no type h
                 f"internal error: {type(exc).__name__}: {exc} (traceback in the log file)",
             )
         return None  # pragma: no cover - fail() always raises
+
+
+def _silence_stdout() -> None:
+    """Python flushes stdout again at exit; to a closed pipe that would print an error."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # stdout already gone, or not a real file
+        pass
+    finally:
+        os.close(devnull)
 
 
 def json_option(help_text: str = "print the result as JSON") -> Callable[[F], F]:

@@ -51,6 +51,13 @@ def settings_from_app(
             **results_transport,
         },
     )
+    # The app's TLS files (its broker_use_ssl / redis_backend_use_ssl dicts): without them a
+    # `rediss://` URL with no query would reach the app's Redis unverified, or not at all.
+    broker_ssl, backend_ssl = conf.get("broker_use_ssl"), conf.get("redis_backend_use_ssl")
+    if isinstance(broker_ssl, Mapping) and broker_ssl:
+        redis = replace(redis, ssl={**redis.ssl, **broker_ssl})
+    if isinstance(backend_ssl, Mapping) and backend_ssl:
+        redis = replace(redis, result_backend_ssl={**redis.result_backend_ssl, **backend_ssl})
     return replace(settings, redis=redis)
 
 

@@ -12,7 +12,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 import click
 
-from maintenance.cli.base import CliState, Group, SettingsHook, run_standalone
+from maintenance.cli.base import CliState, Group, SettingsHook, SettingsLoader, run_standalone
 from maintenance.cli.cleanup_commands import (
     cleanup,
     history,
@@ -22,8 +22,10 @@ from maintenance.cli.cleanup_commands import (
     revoke,
 )
 from maintenance.cli.commands import check, completion
+from maintenance.cli.config_commands import config_group
 from maintenance.cli.lock_commands import lock
 from maintenance.cli.monitor.commands import monitor, notify
+from maintenance.cli.queue_commands import purge, queues
 
 PROG = "task-cleanup"
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -32,7 +34,21 @@ EXIT_CODES = (
     "config error, 3 Redis or database unavailable, 4 another run holds the lock, 70 internal "
     "error."
 )
-COMMANDS = (check, cleanup, quick_fix, revoke, restore, history, init_db, lock, monitor, notify)
+COMMANDS = (
+    check,
+    cleanup,
+    quick_fix,
+    revoke,
+    restore,
+    history,
+    init_db,
+    lock,
+    monitor,
+    notify,
+    config_group,
+    queues,
+    purge,
+)
 
 
 def package_version() -> str:
@@ -43,10 +59,16 @@ def package_version() -> str:
 
 
 def make_group(
-    name: str, adapt: Callable[[click.Context], SettingsHook | None] | None = None
+    name: str,
+    adapt: Callable[[click.Context], SettingsHook | None] | None = None,
+    *,
+    load: SettingsLoader | None = None,
+    prog: str | None = None,
 ) -> click.Group:
     """The command group, as `task-cleanup`, or as Celery's `maintenance` command, where `adapt`
-    reads the Celery app of the parent command and gives what to take from it."""
+    reads the Celery app of the parent command and gives what to take from it, or as Django's
+    `manage.py task_cleanup`, where `load` builds the settings from Django's instead of a file
+    and `prog` names the program in error messages."""
 
     @click.group(
         name=name,
@@ -76,8 +98,9 @@ def make_group(
         ctx.obj = CliState(
             config_path=config_path,
             log_level=log_level,
-            prog=PROG if adapt is None else f"celery {name}",
+            prog=prog or (PROG if adapt is None else f"celery {name}"),
             adapt=None if adapt is None else adapt(ctx),
+            load=load,
         )
 
     for command in (*COMMANDS, completion):

@@ -13,7 +13,7 @@ import ast
 import binascii
 import io
 import pickle
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import orjson
@@ -25,8 +25,9 @@ _JSON_TYPES = ("application/json", "application/x-json")
 # The task id of a tombstone the quarantine left in place of a message (see adapters.quarantine).
 TOMBSTONE_ID_PREFIX = "task-maintenance-tombstone-"
 _PICKLE_TYPE = "application/x-python-serialize"
-# quick_read's answer: (task id, row kind, database id, task name, raw delivery tag, eta).
-Quick = tuple[str, Bound, str | None, str, Any, Any]
+# quick_read's answer: (task id, row kind, database id, task name, raw delivery tag, eta,
+# expires).
+Quick = tuple[str, Bound, str | None, str, Any, Any, Any]
 
 
 def parse_list_element(raw: bytes, location: Location, bindings: BindingTable) -> Message:
@@ -69,9 +70,9 @@ def read_envelope(payload: Any, location: Location, bindings: BindingTable) -> M
     if not isinstance(task_name, str) or not isinstance(task_id, str):
         return _unreadable(location, "no task name or id in the headers")
     binding = bindings.lookup(task_name)
-    eta = headers.get("eta")
+    eta, expires = headers.get("eta"), headers.get("expires")
     if binding is None:  # unmanaged: counted, never judged
-        return Message(task_id, task_name, location, eta=eta)
+        return Message(task_id, task_name, location, eta=eta, expires=expires)
     db_id, problem, detail = _bound_id(binding, task_id, payload, headers, properties, body_v1)
     if problem is not None:
         return Message(
@@ -82,8 +83,17 @@ def read_envelope(payload: Any, location: Location, bindings: BindingTable) -> M
             problem=problem,
             detail=detail,
             eta=eta,
+            expires=expires,
         )
-    return Message(task_id, task_name, location, db_id=db_id, row_kind=binding.kind, eta=eta)
+    return Message(
+        task_id,
+        task_name,
+        location,
+        db_id=db_id,
+        row_kind=binding.kind,
+        eta=eta,
+        expires=expires,
+    )
 
 
 def quick_read(raw: bytes, bindings: BindingTable) -> Quick | None:
@@ -92,11 +102,11 @@ def quick_read(raw: bytes, bindings: BindingTable) -> Quick | None:
     The scan's hot path, run a million times: building a Message and its Location per message
     costs more than reading it. It answers only where `parse_list_element` would give a message
     that can be judged: bound, with its id (kind "task"/"sub_task"), or unmanaged (kind "", id
-    None). Anything else (unreadable, protocol 1, no bound id) is None, and the caller reads
-    that message the full way. The usual message's id is read in one call (`_usual_id`); any
-    message it does not read a text or integer id from goes through `_bound_id`, as the full
-    way does. `quick_message` turns an answer into the Message parse_list_element would have
-    given, for the few that become findings.
+    None). Anything else (unreadable, protocol 1, no bound id, a tombstone of ours) is None,
+    and the caller reads that message the full way. The usual message's id is read in one call
+    (`_usual_id`); any message it does not read a text or integer id from goes through
+    `_bound_id`, as the full way does. `quick_message` turns an answer into the Message
+    parse_list_element would have given, for the few that become findings.
     """
     try:
         payload = orjson.loads(raw)
@@ -110,22 +120,24 @@ def quick_read(raw: bytes, bindings: BindingTable) -> Quick | None:
     task_name, task_id = headers.get("task"), headers.get("id")
     if not task_name or not isinstance(task_name, str) or not isinstance(task_id, str):
         return None
-    tag, eta = properties.get("delivery_tag"), headers.get("eta")
+    if task_id.startswith(TOMBSTONE_ID_PREFIX):  # ours, whatever its task name: set aside
+        return None
+    tag, eta, expires = properties.get("delivery_tag"), headers.get("eta"), headers.get("expires")
     access = bindings.access(task_name)
     if access is None:
-        return task_id, "", None, task_name, tag, eta
+        return task_id, "", None, task_name, tag, eta, expires
     binding, index, name = access
     if index is None and name is None:  # id_from = "task_id"
-        return task_id, binding.kind, task_id, task_name, tag, eta
+        return task_id, binding.kind, task_id, task_name, tag, eta, expires
     db_id = _usual_id(payload, headers, properties, index, name)
     if type(db_id) is str:  # exact types: a bool is an int, and no id
-        return task_id, binding.kind, db_id, task_name, tag, eta
+        return task_id, binding.kind, db_id, task_name, tag, eta, expires
     if type(db_id) is int:
-        return task_id, binding.kind, str(db_id), task_name, tag, eta
+        return task_id, binding.kind, str(db_id), task_name, tag, eta, expires
     db_id, problem, _ = _bound_id(binding, task_id, payload, headers, properties, None)
     if problem is not None:
         return None
-    return task_id, binding.kind, db_id, task_name, tag, eta
+    return task_id, binding.kind, db_id, task_name, tag, eta, expires
 
 
 def quick_message(read: Quick, location: Location, index: int | None = None) -> Message:
@@ -134,7 +146,7 @@ def quick_message(read: Quick, location: Location, index: int | None = None) -> 
 
     The Location is built directly, as `replace(location, index=...)` then `_with_tag` would
     build it: two `dataclasses.replace` per finding cost more than the rest of judging it."""
-    task_id, row_kind, db_id, task_name, tag, eta = read
+    task_id, row_kind, db_id, task_name, tag, eta, expires = read
     place = Location(
         location.where,
         location.queue,
@@ -145,7 +157,9 @@ def quick_message(read: Quick, location: Location, index: int | None = None) -> 
         location.worker,
         location.state,
     )
-    return Message(task_id, task_name, place, db_id=db_id, row_kind=row_kind, eta=eta)
+    return Message(
+        task_id, task_name, place, db_id=db_id, row_kind=row_kind, eta=eta, expires=expires
+    )
 
 
 def _with_tag(location: Location, tag: Any) -> Location:
@@ -251,6 +265,49 @@ def _decode_json_body(payload: dict[str, Any], properties: dict[str, Any]) -> An
         return _FAILED
 
 
+@dataclass(frozen=True, slots=True)
+class Call:
+    """What one message asks a worker to run: the task and its arguments, as plain data."""
+
+    task_id: str
+    task_name: str
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+
+
+def read_call(raw: bytes) -> Call | None:
+    """The task name, id and arguments of a queue list element, read the way the scan reads
+    bound ids (nothing unpickled beyond plain data); None when the message is unreadable.
+    `config init` and `config check` look at samples of these to find which argument is a row id.
+    """
+    try:
+        payload = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(payload, dict):
+        return None
+    headers, properties = payload.get("headers") or {}, payload.get("properties") or {}
+    if not isinstance(headers, dict) or not isinstance(properties, dict):
+        return None
+    task_name, task_id = headers.get("task"), headers.get("id")
+    if task_name:
+        args, kwargs, problem = _args_kwargs(payload, headers, properties)
+    else:  # protocol 1 keeps everything in the body
+        body = _decode_v1_body(payload, properties)
+        if not isinstance(body, dict):
+            return None
+        task_name, task_id = body.get("task"), body.get("id")
+        args, kwargs, problem = body.get("args"), body.get("kwargs"), ""
+    if problem or not isinstance(task_name, str) or not isinstance(task_id, str):
+        return None
+    return Call(
+        task_id,
+        task_name,
+        tuple(args) if isinstance(args, list | tuple) else (),
+        dict(kwargs) if isinstance(kwargs, dict) else {},
+    )
+
+
 def is_tombstone(msg: Message) -> bool:
     """One of ours: left by a quarantine that did not get to compact its list."""
     return msg.task_id.startswith(TOMBSTONE_ID_PREFIX)
@@ -279,3 +336,28 @@ class _DataOnlyUnpickler(pickle.Unpickler):
 
 def _unreadable(location: Location, detail: str) -> Message:
     return Message("", "", location, problem=Reason.BAD_ENVELOPE, detail=detail)
+
+
+def args_kwargs(payload: Any) -> tuple[Any, Any, str]:
+    """A message's arguments for a listing or a `--where` filter: (args, kwargs, text shown).
+
+    A JSON body is decoded; any other serializer is read through its `argsrepr`/`kwargsrepr`
+    headers (literals only); a protocol-1 body (pickle, or no such headers) is not shown at all:
+    a listing must never unpickle, even as plain data. Unreadable arguments are (None, None)."""
+    if not isinstance(payload, dict):
+        return None, None, "(not a message)"
+    headers = payload.get("headers") or {}
+    properties = payload.get("properties") or {}
+    if not isinstance(headers, dict) or not isinstance(properties, dict):
+        return None, None, "(not a message)"
+    if not headers.get("task"):
+        return None, None, "(protocol 1 body: not shown)"
+    if payload.get("content-type") in _JSON_TYPES and not headers.get("compression"):
+        body = _decode_json_body(payload, properties)
+        if isinstance(body, list) and len(body) >= 2:
+            shown = orjson.dumps([body[0], body[1]], default=str).decode(errors="replace")
+            return body[0], body[1], shown
+    args, kwargs, problem = _from_repr(headers)
+    if problem:
+        return None, None, f"({problem})"
+    return args, kwargs, f"{headers.get('argsrepr') or '()'} {headers.get('kwargsrepr') or '{}'}"

@@ -1,7 +1,8 @@
 """Per-process state of the guards: settings, one database pool per worker process, skip counters.
 
 Nothing happens at import. Settings come from `configure_guards()` (the user's Celery module) or,
-on the first guarded task, from `$MAINTENANCE_CONFIG` / `config/maintenance.toml`. The pool is
+on the first guarded task, from the loader a framework registered (`set_settings_loader`: the
+Django app's `ready()`), else `$MAINTENANCE_CONFIG` / `config/maintenance.toml`. The pool is
 created on first use in each process, so a prefork child never shares sockets with its parent.
 """
 
@@ -130,6 +131,19 @@ class GuardRuntime:
 
 _runtime: GuardRuntime | None = None
 _runtime_lock = threading.Lock()
+_loader: Callable[[], Settings] | None = None
+
+
+def set_settings_loader(loader: Callable[[], Settings] | None) -> None:
+    """Where the first guarded task gets its settings when nobody called `configure_guards()`.
+
+    A framework integration registers one: the Django app's `ready()` builds them from
+    `settings.TASK_MAINTENANCE`, which cannot be read when the user's Celery module is imported
+    (Django is not set up yet). Called lazily, so registering opens and reads nothing; `None`
+    restores the config file.
+    """
+    global _loader
+    _loader = loader
 
 
 def configure_guards(
@@ -152,12 +166,17 @@ def configure_guards(
 
 
 def guard_runtime() -> GuardRuntime:
-    """The configured runtime; loads `$MAINTENANCE_CONFIG` on first use if nobody configured it."""
+    """The configured runtime; on first use, if nobody configured it, the registered loader's
+    settings, else `$MAINTENANCE_CONFIG`'s."""
     global _runtime
     runtime = _runtime
     if runtime is not None:
         return runtime
     with _runtime_lock:
         if _runtime is None:
-            _runtime = GuardRuntime(load_settings(resolve_config_path(None, os.environ)))
+            if _loader is not None:
+                settings = _loader()
+            else:
+                settings = load_settings(resolve_config_path(None, os.environ))
+            _runtime = GuardRuntime(settings)
         return _runtime

@@ -1,24 +1,44 @@
 """The task tables adapter: schema validation, batched look-ups, the scan's anti-join verdicts
-against the full look-up, the stuck-row stream, errors."""
+against the full look-up, the stuck-row stream, errors. Each test runs on PostgreSQL, MariaDB
+and SQLite alike (`db_url`); tests/adapters/test_mysql.py has MariaDB's own cases."""
 
 from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Iterator
 from datetime import timedelta
+from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
 
 from examples.demo.schema import new_id, sub_tasks, tasks, utcnow
 from maintenance.adapters.database import TaskDatabase, create_db_engine
-from maintenance.config import Settings, settings_from_mapping
+from maintenance.config import Settings, load_settings, settings_from_mapping
 from maintenance.core.diff import Verdicts, judge_message
 from maintenance.core.models import Location, Message, RowKind, RowState, Where
 from maintenance.errors import ConfigError, DatabaseUnavailable
+from tests.conftest import write_config
 from tests.servers import free_port
 
 QUEUE = Location(Where.QUEUE, queue="q", key="q")
+
+
+@pytest.fixture
+def settings(tmp_path: Path, db_url: str) -> Settings:
+    """The tests' config on this test's database (Redis is not used here: any URL does)."""
+    config = write_config(tmp_path / "maintenance.toml", "redis://127.0.0.1:1/0", db_url)
+    return load_settings(config, env={})
+
+
+@pytest.fixture
+def engine(settings: Settings) -> Iterator[sa.Engine]:
+    """The engine the service would build: its pool, time-outs and driver options."""
+    eng = create_db_engine(settings)
+    yield eng
+    eng.dispose()
 
 
 def with_section(settings: Settings, section: str, **changes: object) -> Settings:
@@ -98,10 +118,10 @@ def _settings(database_url: str) -> Settings:
     )
 
 
-def test_verdicts_judge_exactly_like_the_full_lookup(database_url: str) -> None:
+def test_verdicts_judge_exactly_like_the_full_lookup(db_url: str) -> None:
     """Every id the anti-join calls fine is one judge_message lets pass with the full look-up,
     and every other id is judged the same with the partial rows it returns."""
-    engine = sa.create_engine(database_url)
+    engine = create_db_engine(_settings(db_url))
     now = utcnow()
     with engine.begin() as conn:
         conn.execute(
@@ -118,7 +138,7 @@ def test_verdicts_judge_exactly_like_the_full_lookup(database_url: str) -> None:
                 {"id": "s-parent-gone", "task_id": "gone-9", "status": "queued"},
             ],
         )
-    db = TaskDatabase(engine, _settings(database_url))
+    db = TaskDatabase(engine, _settings(db_url))
     task_ids = (
         {f"live-{i}" for i in range(20)}
         | {f"done-{i}" for i in range(10)}
@@ -184,18 +204,108 @@ def test_validate_names_the_bad_key(
     assert caught.value.source == settings.source
 
 
-def test_unreachable_database_is_unavailable_not_empty(settings: Settings) -> None:
+@pytest.mark.parametrize("scheme", ["postgresql+psycopg2", "mysql+pymysql"])
+def test_unreachable_database_is_unavailable_not_empty(scheme: str) -> None:
     """A database that cannot be reached raises DatabaseUnavailable; it never reads as no rows."""
-    url = f"postgresql+psycopg2://u:secret@127.0.0.1:{free_port()}/x"
-    settings = with_section(settings, "database", url=url, connect_timeout_s=2.0)
+    url = f"{scheme}://u:secret@127.0.0.1:{free_port()}/x"
+    settings = with_section(_settings(url), "database", connect_timeout_s=2.0)
     db = TaskDatabase(create_db_engine(settings), settings)
     with pytest.raises(DatabaseUnavailable) as caught:
         db.lookup({new_id()})
     assert "secret" not in str(caught.value)
 
 
-def test_invalid_database_url_is_a_config_error(settings: Settings) -> None:
+def test_invalid_database_url_is_a_config_error() -> None:
     """A URL SQLAlchemy cannot parse is reported against database.url."""
     with pytest.raises(ConfigError) as caught:
-        create_db_engine(with_section(settings, "database", url="not a url"))
+        create_db_engine(_settings("not a url"))
     assert caught.value.key == "database.url"
+
+
+def test_iter_stuck_streams_with_a_server_side_cursor(
+    settings: Settings, engine: sa.Engine
+) -> None:
+    """The stuck rows come through a server-side cursor (PyMySQL's SSCursor, a psycopg2 named
+    cursor): the first rows arrive while the server still sends, and look-ups meanwhile go
+    through other connections of the pool, never the streaming one."""
+    old = utcnow() - timedelta(days=2)
+    ids = [f"{i:06d}-{new_id()}"[:36] for i in range(30_000)]
+    title = "t" * 200  # a result larger than the socket buffers
+    insert(
+        engine,
+        tasks,
+        [{"id": i, "status": "pending", "updated_at": old, "title": title} for i in ids],
+    )
+    cursors: list[Any] = []
+
+    def note_cursor(conn: Any, cursor: Any, statement: str, *_: Any) -> None:
+        if "updated_at <" in statement:
+            cursors.append(cursor)
+
+    sa.event.listen(engine, "before_cursor_execute", note_cursor)
+    settings = with_section(settings, "database", batch_size=500)
+    db = TaskDatabase(engine, settings)
+    stream = db.iter_stuck(86_400, time.time())
+    first = next(stream)
+    (cursor,) = cursors
+    if engine.dialect.name == "mysql":
+        import pymysql.cursors
+
+        assert isinstance(cursor, pymysql.cursors.SSCursor)
+        with engine.connect() as other:  # the server is still sending to the stream
+            busy = other.execute(
+                sa.text("SELECT command FROM information_schema.processlist WHERE info LIKE :q"),
+                {"q": "%updated_at <%"},
+            ).scalars()
+            assert list(busy) == ["Query"]
+    elif engine.dialect.name == "postgresql":
+        assert cursor.name  # a named cursor lives on the server
+    # A look-up while the stream is open: its own connection, and the stream goes on.
+    assert db.lookup(ids[:3]).tasks == dict.fromkeys(ids[:3], RowState(True, "pending"))
+    rest = [row.db_id for row in stream]
+    assert sorted([first.db_id, *rest]) == ids
+
+
+def test_pinned_verdicts_see_rows_committed_during_the_scan(
+    settings: Settings, engine: sa.Engine
+) -> None:
+    """A scan's look-ups share one connection, yet each sees the rows committed before it: a
+    row the app commits after the scan's first batch is never taken for missing (MySQL's
+    REPEATABLE READ would have kept the first batch's snapshot)."""
+    db = TaskDatabase(engine, settings)
+    late = new_id()
+    with db.pinned_verdicts() as verdicts:
+        assert not verdicts({late}, set()).fine("task", late)
+        insert(engine, tasks, [{"id": late, "status": "pending", "updated_at": utcnow()}])
+        assert verdicts({late}, set()).fine("task", late)
+
+
+def test_char_id_column_matches_its_rows(db_url: str) -> None:
+    """A CHAR(36) id column: PostgreSQL pads shorter ids with spaces, MySQL strips them; either
+    way the row is found under the id the message carries, and a longer id cannot exist."""
+    engine = sa.create_engine(db_url)
+    jobs = sa.Table(
+        "jobs",
+        sa.MetaData(),
+        sa.Column("id", sa.CHAR(36), primary_key=True),
+        sa.Column("status", sa.String(20), nullable=False),
+    )
+    jobs.create(engine)
+    uuid_id, short = new_id(), "job-7"
+    insert(engine, jobs, [{"id": uuid_id, "status": "pending"}, {"id": short, "status": "done"}])
+    settings = settings_from_mapping(
+        {
+            "database": {"url": db_url, "batch_size": 2},
+            "tasks": {"table": "jobs"},
+            "bindings": [{"task": "t", "id_from": "args[0]"}],
+        }
+    )
+    db = TaskDatabase(engine, settings)
+    lookup = db.lookup({uuid_id, short, "job-8", "x" * 37})
+    assert lookup.tasks == {uuid_id: RowState(True, "pending"), short: RowState(False, "done")}
+    assert lookup.invalid == frozenset({"x" * 37})
+    verdicts = db.verdicts({uuid_id, short, "job-8"}, set())
+    assert verdicts.fine("task", uuid_id)
+    assert not verdicts.fine("task", short)
+    assert verdicts.lookup.tasks.get(short) == RowState(False, "done")
+    engine.dispose()

@@ -22,7 +22,7 @@ from celery import Celery
 from examples.demo.schema import create_schema, new_id, sub_tasks, tasks, utcnow
 from maintenance.guards import SKIP_EVENT, validate_sub_task_exists, validate_task_exists
 from tests.conftest import ROOT, producer_app, wait_for, write_config
-from tests.servers import PostgresServer, RedisServer
+from tests.servers import MariaDBServer, PostgresServer, RedisServer
 
 
 # -- decorating (no servers) ---------------------------------------------------------------------
@@ -99,7 +99,7 @@ class Env:
     engine: sa.Engine
     client: Celery
     redis: redis.Redis
-    pg: PostgresServer
+    pg: PostgresServer | MariaDBServer  # the database server, to stop and resume
 
     def insert_task(self, status: str = "pending", row_id: str | None = None) -> str:
         row_id = row_id or new_id()

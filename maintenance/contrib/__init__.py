@@ -1,0 +1,1 @@
+"""Integrations with web frameworks (optional extras): nothing here is imported by the core."""

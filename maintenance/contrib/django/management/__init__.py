@@ -1,0 +1,1 @@
+"""Django looks for `management/commands/` in every installed app."""
