@@ -20,6 +20,7 @@ from typing import Any
 from maintenance.config import Settings, load_settings, resolve_config_path
 from maintenance.core.models import FindingKind, Message
 from maintenance.core.report import ScanReport
+from maintenance.core.where import compile_where
 from maintenance.service import Maintenance, RunMode, RunOptions
 
 
@@ -115,6 +116,47 @@ class RedisTaskCleaner:
         """Put quarantined messages back (all of them when `task_ids` is None)."""
         result = self.maintenance.restore(task_ids, started_by=started_by)
         return {"run_id": result.run_id, "done": result.done, "details": result.details}
+
+    def queues(self) -> dict[str, Any]:
+        """What `task-cleanup queues --json` prints: per band, messages by task name (orphans
+        of bound names), ETAs, the next to be delivered; unacked entries by age and name."""
+        inventory, _report = self.maintenance.queues()
+        return {
+            "queues": [stock.as_dict() for stock in inventory.bands.values()],
+            "unacked": inventory.unacked.as_dict(),
+        }
+
+    def list_messages(
+        self, task_name: str = "*", limit: int | None = 1000, sample: int | None = None
+    ) -> list[dict[str, Any]]:
+        """The messages of these task names (a shell glob), one dict each (`queues --task-name`)."""
+        listed = self.maintenance.browse(task_name, sample=sample)
+        return [d.as_dict() for d in islice(listed, limit)]
+
+    def purge(
+        self,
+        task_name: str,
+        *,
+        queues: list[str] | None = None,
+        where: str | None = None,
+        older_than_s: float | None = None,
+        dry_run: bool = True,
+        started_by: str = "api",
+    ) -> dict[str, Any]:
+        """`task-cleanup purge`: the selection, and with `dry_run=False` the run that took it
+        into the quarantine (restorable with `restore`). `where` as on the command line; a bad
+        one raises `maintenance.core.where.WhereError` (a ValueError)."""
+        selection = self.maintenance.purge_selection(
+            task_name,
+            queues=tuple(queues or ()),
+            where=compile_where(where) if where else None,
+            older_than_s=older_than_s,
+        )
+        doc: dict[str, Any] = {"dry_run": dry_run, "selection": selection.as_dict(), "done": {}}
+        if not dry_run and selection.findings:
+            result = self.maintenance.purge(selection, started_by=started_by)
+            doc.update(run_id=result.run_id, done=result.done, details=result.details)
+        return doc
 
 
 def _message_dict(msg: Message) -> dict[str, Any]:

@@ -326,6 +326,39 @@ def test_alert_queries_name_served_metrics_and_labels() -> None:
     assert problems == {}
 
 
+# `{{ with query (printf `...` ...) }}` in an annotation: a PromQL query run when the alert fires
+# (Go raw string, label values in single quotes, %s for the alert's own labels).
+ANNOTATION_QUERY = re.compile(r"\bquery\s+\(?\s*(?:printf\s+)?`([^`]*)`")
+
+
+def annotation_queries(rule: dict[str, Any]) -> list[tuple[str, set[str]]]:
+    """(query, the `.Labels.X` its results are read for) of each query in the annotations."""
+    found = []
+    for text in rule["annotations"].values():
+        for query in ANNOTATION_QUERY.findall(text):
+            read = set(re.findall(r"\.Labels\.([A-Za-z_][A-Za-z0-9_]*)", text))
+            found.append((query.replace("%s", "x").replace("'", '"'), read))
+    return found
+
+
+def test_annotation_queries_name_served_metrics_and_labels(tmp_path: Path) -> None:
+    queries = [(rule["alert"], *q) for rule in alert_rules() for q in annotation_queries(rule)]
+    hazards = {"eta_beyond_visibility", "duplicate", "expired_waiting"}
+    named = {value for _, query, _ in queries for *_, value in read_query(query).matchers}
+    assert hazards <= named, "every hazard alert lists its task names"
+    problems = {}
+    for alert, query, read in queries:
+        found = query_problems(query, read)
+        if found:
+            problems[f"{alert}: {query}"] = found
+    assert problems == {}
+    rules = [{"record": f"annotation:query_{i}", "expr": q} for i, (_, q, _) in enumerate(queries)]
+    path = tmp_path / "annotation_rules.yml"
+    path.write_text(yaml.safe_dump({"groups": [{"name": "annotations", "rules": rules}]}))
+    done = run_promtool("check", "rules", path)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
 def test_the_exporter_down_alert_selects_the_scrape_job() -> None:
     (rule,) = [r for r in alert_rules() if r["alert"] == "TaskMaintenanceExporterDown"]
     assert f'up{{job="{JOB}"}}' in rule["expr"]

@@ -21,7 +21,7 @@ from maintenance.actions.requeue import requeue_rows
 from maintenance.adapters.history import ActionRecord
 from maintenance.adapters.quarantine import tombstone_for
 from maintenance.adapters.results import SET_BATCH
-from maintenance.core.models import Finding, Progress, Reason, Where
+from maintenance.core.models import Finding, FindingKind, Progress, Reason, Where
 from maintenance.core.plan import Action, Plan
 from maintenance.errors import UnavailableError
 from maintenance.services import Adapters
@@ -29,6 +29,7 @@ from maintenance.services import Adapters
 log = structlog.get_logger(__name__)
 Record = Callable[[list[ActionRecord]], object]
 LOGGED_IDS_MAX = 20  # task ids named in each step's log line
+HAZARDS = (FindingKind.DUPLICATE, FindingKind.EXPIRED_WAITING)  # removed, never revoked
 
 
 def _record(action: str, findings: Sequence[Finding]) -> list[ActionRecord]:
@@ -121,7 +122,7 @@ class Applier:
             if f.location.delivery_tag:  # the tag is what proves "this very message"
                 by_key[f.location.key].append(f)
         if untagged:
-            self._revoke(untagged)
+            self._revoke_or_leave(untagged)
         for key, group in by_key.items():
             name = Counter(f.task_name for f in group).most_common(1)[0][0]
             tombstone = tombstone_for(name, group[0].location.queue, self.run_id)
@@ -154,13 +155,26 @@ class Applier:
         the next script call in Redis and held the quarantine up (3 s at 100,000 orphans).
         """
         if taken:
-            self._states_due += [f.task_id for f in taken]
+            # A duplicate's other copy still runs: its task is not REVOKED.
+            self._states_due += [f.task_id for f in taken if f.kind is not FindingKind.DUPLICATE]
             if len(self._states_due) >= SET_BATCH:
                 self._write_revoked_states()
             self.done["quarantined"] += len(taken)
             self.record(_record("quarantined", taken))
         if missing:
-            self._revoke(missing)
+            self._revoke_or_leave(missing)
+
+    def _revoke_or_leave(self, findings: list[Finding]) -> None:
+        """A message not found where it was: an orphan is revoked (a worker may hold it). A
+        duplicate or expired copy is left: revoking its task id would also stop the copy that
+        must run (a duplicate's), or stop nothing (an expired one is discarded by its worker)."""
+        orphans = [f for f in findings if f.kind not in HAZARDS]
+        left = [f for f in findings if f.kind in HAZARDS]
+        if orphans:
+            self._revoke(orphans)
+        if left:
+            self.done["not_removed"] += len(left)
+            self.record(_record("not_removed", left))
 
     def _write_revoked_states(self) -> None:
         task_ids, self._states_due = self._states_due, []

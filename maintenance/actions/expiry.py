@@ -17,7 +17,16 @@ from maintenance.services import Adapters
 
 log = structlog.get_logger(__name__)
 
-EXPIRED_KINDS = frozenset({FindingKind.STALE_RESULT, FindingKind.LOST})
+# The nightly expiry run also removes the extra copies of duplicated task ids and messages past
+# their `expires`: queue hygiene that depends on no row (see core.plan.REMOVABLE_HAZARDS).
+EXPIRED_KINDS = frozenset(
+    {
+        FindingKind.STALE_RESULT,
+        FindingKind.LOST,
+        FindingKind.DUPLICATE,
+        FindingKind.EXPIRED_WAITING,
+    }
+)
 # A live control client pops its replies within milliseconds; below this idle time a reply list
 # is never judged abandoned, whatever the grace period says.
 MIN_REPLY_IDLE_S = 5.0

@@ -12,8 +12,9 @@ from maintenance.actions.apply import Applier
 from maintenance.actions.recorder import RunRecorder
 from maintenance.actions.run import RunOptions, policy_for
 from maintenance.adapters.history import ActionRecord
-from maintenance.core.models import Finding, FindingKind, Location, Message, Reason, RunMode
-from maintenance.core.plan import Plan, Planned, orphan_action
+from maintenance.core.inventory import operator_finding
+from maintenance.core.models import Finding, FindingKind, Location, Message, RunMode
+from maintenance.core.plan import Action, Plan, Planned, orphan_action
 from maintenance.core.report import ScanReport
 from maintenance.errors import PlanRefused
 from maintenance.services import Adapters
@@ -94,6 +95,48 @@ class OperatorActions:
         log.info("🚫 revoked by operator", task_ids=list(task_ids), done=dict(run.done))
         return OperatorResult(run.run_id, dict(run.done), details)
 
+    def purge(self, selected: Sequence[Finding], *, started_by: str) -> OperatorResult:
+        """Take the selected messages into the quarantine (REVOKED, restorable): every queued
+        one, and every unacked one no worker can still hold (taken longer ago than the
+        visibility timeout, or no worker alive). One a live worker may hold is left, counted
+        `held_by_worker`: a purge takes only what waits. A queued one a worker took in the
+        meantime is revoked by a broadcast, as a revoke's is."""
+        policy = policy_for(
+            self.adapters.settings, RunOptions(), self.adapters.layout.visibility_timeout_s
+        )
+        alive = tuple(sorted(self.adapters.workers.ping()))
+        now = self.clock()
+        planned: list[Planned] = []
+        held: list[Finding] = []
+        for finding in selected:
+            action = orphan_action(finding, bool(alive), now, policy)
+            if action is Action.REVOKE:
+                held.append(finding)
+            else:
+                planned.append(Planned(action, finding))
+        with self.recorder.run(RunMode.PURGE, started_by) as run:
+            applier = Applier(
+                self.adapters,
+                run.run_id,
+                run.record,
+                done=run.done,
+                clock=self.clock,
+                workers_alive=alive,
+                checkpoint=run.checkpoint,
+            )
+            applier.apply(Plan(actions=tuple(planned)))
+            if held:
+                run.done["held_by_worker"] += len(held)
+                run.record(
+                    [
+                        ActionRecord("held_by_worker", "manual", "operator", f.task_id, f.task_name)
+                        for f in held
+                    ]
+                )
+        log.info("🧹 purged by operator", selected=len(selected), done=dict(run.done))
+        details = [f"held by a live worker, left: {f.task_id}" for f in held[:20]]
+        return OperatorResult(run.run_id, dict(run.done), details)
+
     def restore(self, task_ids: Sequence[str] | None, *, started_by: str) -> OperatorResult:
         """Put quarantined messages back, intact, and clear the REVOKED state we wrote for them."""
         quarantine, results = self.adapters.quarantine, self.adapters.results
@@ -152,13 +195,4 @@ def _place(loc: Location) -> tuple[str, str, str, str]:
 
 
 def _by_operator(msg: Message) -> Finding:
-    return Finding(
-        FindingKind.ORPHAN,
-        Reason.OPERATOR,
-        msg.task_id,
-        msg.task_name,
-        msg.db_id,
-        msg.location,
-        row_kind=msg.row_kind,
-        taken_at=msg.taken_at,
-    )
+    return operator_finding(msg)

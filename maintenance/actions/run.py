@@ -16,7 +16,9 @@ import structlog
 from maintenance.actions.apply import Applier
 from maintenance.actions.recorder import RecordedRun, RunRecorder
 from maintenance.config import Settings
+from maintenance.core.bindings import BindingTable
 from maintenance.core.diff import judge_message
+from maintenance.core.hazards import extra_copies
 from maintenance.core.models import (
     Finding,
     FindingKind,
@@ -28,6 +30,7 @@ from maintenance.core.models import (
 from maintenance.core.plan import Plan, Policy, Recheck, make_plan, needs_recheck, recheck_key
 from maintenance.core.report import ScanReport
 from maintenance.errors import PlanRefused
+from maintenance.scan.copies import locate_copies
 from maintenance.services import Adapters
 
 log = structlog.get_logger(__name__)
@@ -166,6 +169,8 @@ class CleanupRun:
         # A whole scan's summary is what `monitor` shows; a dry run leaves it as it was.
         report = self.scan(options.scan_results, None if options.dry_run else options.mode)
         findings = [f for f in report.findings if f.kind in options.kinds]
+        if any(f.kind is FindingKind.DUPLICATE for f in findings):
+            findings = self._with_copies_located(findings)
         recheck = Recheck()
         pending = needs_recheck(findings, policy)
         if pending and (not options.dry_run or policy.grace_s <= 0):
@@ -179,6 +184,19 @@ class CleanupRun:
             recheck=recheck,
         )
         return report, plan
+
+    def _with_copies_located(self, findings: list[Finding]) -> list[Finding]:
+        """The scan names a duplicate's later copies only: read every copy of those ids again
+        and act on all but the one a worker takes first."""
+        dups = {f.task_id for f in findings if f.kind is FindingKind.DUPLICATE}
+        copies = locate_copies(
+            self.adapters.reader,
+            self.settings.scan.queues,
+            BindingTable(self.settings.bindings),
+            dups,
+        )
+        extras = extra_copies(copies, list(self.settings.scan.queues))
+        return [f for f in findings if f.kind is not FindingKind.DUPLICATE] + extras
 
     def _recheck(
         self, report: ScanReport, pending: list[Finding], policy: Policy, options: RunOptions

@@ -76,3 +76,22 @@ class StuckRows:
                     or 0
                 )
         return count
+
+    def updated_before(self, ids: Collection[str], cutoff: float) -> set[str]:
+        """Which of these task rows were last updated before `cutoff` (unix seconds), whatever
+        their status: `purge --older-than`. A missing row, or one never updated, is not."""
+        if not ids or not self.cfg.updated_at_column:
+            return set()
+        table = self.db.tasks
+        updated = table.c[self.cfg.updated_at_column]
+        id_list = list(ids)
+        found: set[str] = set()
+        batch = self.db.settings.database.batch_size
+        with database_errors("reading row ages"), self.db.engine.connect() as conn:
+            for start in range(0, len(id_list), batch):
+                query = sa.select(table.c[self.cfg.id_column]).where(
+                    table.c[self.cfg.id_column].in_(id_list[start : start + batch]),
+                    updated < _cutoff_for(updated, cutoff),
+                )
+                found.update(str(row_id) for (row_id,) in conn.execute(query))
+        return found

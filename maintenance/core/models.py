@@ -23,6 +23,7 @@ class RunMode(StrEnum):
     EXPIRED_RESULTS = "expired_results"  # RedisTaskCleaner.cleanup_expired_results
     REVOKE = "revoke"  # operator: named tasks
     RESTORE = "restore"  # operator: back from the quarantine
+    PURGE = "purge"  # operator: queued messages selected by task name, queue and arguments
 
 
 class Outcome(StrEnum):
@@ -51,6 +52,10 @@ class FindingKind(StrEnum):
     STALE_RESULT = "stale_result"  # a result key past retention, or one that never expires
     LOST = "lost"  # a row still to run with no message anywhere
     UNREADABLE = "unreadable"  # a message we could not parse or bind: never judged
+    # Hazards: messages that will run more than once, or take a queue's place for nothing.
+    ETA_BEYOND_VISIBILITY = "eta_beyond_visibility"  # redelivered every visibility_timeout
+    DUPLICATE = "duplicate"  # another copy of a task id present elsewhere: it runs twice
+    EXPIRED_WAITING = "expired_waiting"  # `expires` has passed: workers will only discard it
 
 
 class Reason(StrEnum):
@@ -65,11 +70,19 @@ class Reason(StrEnum):
     NO_BOUND_ID = "no_bound_id"
     BAD_ID = "bad_id"
     OPERATOR = "operator"  # named by an operator's `revoke`, whatever its row says
+    ETA_TOO_FAR = "eta_too_far"  # ETA further out than the transport's visibility timeout
+    SAME_TASK_ID = "same_task_id"  # a second copy (another delivery tag) of one task id
+    EXPIRED = "expired"  # its `expires` lies in the past
 
     @property
     def certain(self) -> bool:
         """A finished row is final; a missing row may be a producer that has not committed yet."""
-        return self in (Reason.ROW_FINISHED, Reason.PARENT_FINISHED)
+        return self in (
+            Reason.ROW_FINISHED,
+            Reason.PARENT_FINISHED,
+            Reason.SAME_TASK_ID,
+            Reason.EXPIRED,
+        )
 
 
 class Where(StrEnum):
@@ -117,6 +130,7 @@ class Message:
     detail: str = ""
     eta: str | None = None
     taken_at: float | None = None  # unacked: when a worker took it (unix seconds)
+    expires: str | None = None  # the `expires` header: ISO time after which workers discard it
     raw: bytes | None = None  # the exact payload, kept only where an action may need it
 
 

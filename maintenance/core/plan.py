@@ -41,6 +41,13 @@ class Hold(StrEnum):
     BREAKER = "breaker"  # the circuit breaker refused the plan
 
 
+# Hazards a cleanup removes (queued copies only): an extra copy of a duplicated task id, and a
+# message past its `expires`. Neither depends on a row, so neither waits for a grace period or
+# counts towards the circuit breaker. An ETA beyond the visibility timeout is reported only: the
+# fix is the transport's visibility_timeout, not removing the task.
+REMOVABLE_HAZARDS = (FindingKind.DUPLICATE, FindingKind.EXPIRED_WAITING)
+
+
 @dataclass(frozen=True)
 class Policy:
     grace_s: float = 60.0
@@ -141,6 +148,8 @@ def make_plan(
     actions: list[Planned] = []
     held: list[tuple[Finding, Hold]] = []
     orphan_actions: list[Planned] = []
+    orphan_ids = {f.task_id for f in findings if f.kind is FindingKind.ORPHAN}
+    hazard_targets: set[tuple[str, str, str]] = set()
     for finding in findings:
         if finding.kind is FindingKind.ORPHAN:
             if not confirmed(finding, recheck):
@@ -149,6 +158,16 @@ def make_plan(
                 continue
             action = orphan_action(finding, workers_alive, now, policy)
             orphan_actions.append(Planned(action, finding))
+        elif finding.kind in REMOVABLE_HAZARDS:
+            loc = finding.location
+            target = (finding.task_id, loc.key, loc.delivery_tag)
+            if finding.task_id in orphan_ids or target in hazard_targets:
+                continue  # an orphan's copies follow the orphan rules; one message, one action
+            if loc.where is Where.QUEUE and loc.delivery_tag:
+                hazard_targets.add(target)
+                actions.append(Planned(Action.QUARANTINE, finding))
+            else:  # unacked: in a worker's hands, which runs it once (or discards it)
+                held.append((finding, Hold.REPORT_ONLY))
         elif finding.kind is FindingKind.STALE_RESULT:
             actions.append(Planned(Action.DELETE_RESULT, finding))
         elif finding.kind is FindingKind.LOST:

@@ -24,6 +24,9 @@ _KIND_ORDER = {
     FindingKind.LOST: 1,
     FindingKind.UNREADABLE: 2,
     FindingKind.STALE_RESULT: 3,
+    FindingKind.DUPLICATE: 4,
+    FindingKind.ETA_BEYOND_VISIBILITY: 5,
+    FindingKind.EXPIRED_WAITING: 6,
 }
 
 

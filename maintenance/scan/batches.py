@@ -26,6 +26,8 @@ from maintenance.core.envelope import (
     quick_message,
     quick_read,
 )
+from maintenance.core.hazards import HazardWatch
+from maintenance.core.inventory import Inventory
 from maintenance.core.models import Finding, FindingKind, Location, Message, Where
 from maintenance.core.report import ScanReport, place_name
 
@@ -54,6 +56,8 @@ class LookupBatcher:
         *,
         batch_size: int,
         clock: Callable[[], float],
+        hazards: HazardWatch | None = None,
+        inventory: Inventory | None = None,
     ):
         self.verdicts = verdicts  # runs on the `pool` thread
         self.bindings = bindings
@@ -63,6 +67,8 @@ class LookupBatcher:
         self.only = only
         self.batch_size = batch_size
         self.clock = clock
+        self.hazards = hazards
+        self.inventory = inventory
         # What live workers hold, and the task ids of it also found in Redis. Until the
         # workers have answered (None), the task ids read so far are kept to be matched then.
         self.held: tuple[Message, ...] | None = None
@@ -88,6 +94,10 @@ class LookupBatcher:
         loc = msg.location
         stats = self.report.place(place_name(loc.where, loc.queue, loc.priority))
         stats.messages += 1
+        if self.hazards is not None:
+            self.report.findings.extend(self.hazards.message(msg))
+        if self.inventory is not None:
+            self.inventory.message(msg)
         if msg.problem is None and msg.db_id is None:
             stats.unmanaged += 1
             if self.only is not None:
@@ -130,6 +140,10 @@ class LookupBatcher:
         stats.messages += len(reads)
         stats.managed += managed
         stats.unmanaged += len(reads) - managed
+        if self.hazards is not None:
+            self.report.findings.extend(self.hazards.queued(reads, place, start))
+        if self.inventory is not None:
+            self.inventory.queued(reads, place, start)
         if not managed:
             return
         kinds = list(map(_ROW_KIND, reads))

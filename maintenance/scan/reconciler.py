@@ -23,6 +23,8 @@ from maintenance.config import Settings
 from maintenance.core.bindings import BindingTable
 from maintenance.core.diff import LostTracker
 from maintenance.core.envelope import parse_unacked_entry
+from maintenance.core.hazards import HazardWatch
+from maintenance.core.inventory import Inventory
 from maintenance.core.models import FindingKind, Location, Progress, Where
 from maintenance.core.report import ScanReport, place_name
 from maintenance.scan.batches import LookupBatcher
@@ -51,13 +53,17 @@ class Reconciler:
         self.progress = progress or (lambda phase, done, total: None)
         self.clock = clock
 
-    def scan(self, only: str | None = None, results: bool = True) -> ScanReport:
-        """Read-only. Raises BrokerUnavailable / DatabaseUnavailable: a failed scan, no verdict."""
+    def scan(
+        self, only: str | None = None, results: bool = True, inventory: Inventory | None = None
+    ) -> ScanReport:
+        """Read-only. Raises BrokerUnavailable / DatabaseUnavailable: a failed scan, no verdict.
+        With an `inventory`, also counts what sits in the queues (the `queues` view)."""
         with _gc_paused():
-            return self._scan(only, results)
+            return self._scan(only, results, inventory)
 
-    def _scan(self, only: str | None, results: bool) -> ScanReport:
+    def _scan(self, only: str | None, results: bool, inventory: Inventory | None) -> ScanReport:
         report = ScanReport(started_at=self.clock(), only=only)
+        self.reader.begin_scan()
         self.db.validate()
         lost = self._lost_tracker(report)
         # Exits run in reverse: the look-up thread finishes before its connection closes.
@@ -80,8 +86,10 @@ class Reconciler:
                     only,
                     batch_size=self.settings.database.batch_size,
                     clock=self.clock,
+                    hazards=self._hazard_watch(report),
+                    inventory=inventory,
                 )
-                self._scan_queues(batcher, report, asked)
+                self._scan_queues(batcher, report, asked, inventory)
                 self._take_held(report, batcher, asked)
                 self._scan_unacked(batcher)
                 # A task a worker holds is usually also in Redis (unacked, or queued again):
@@ -102,6 +110,9 @@ class Reconciler:
                 for f in lost.findings(self.clock())
                 if only is None or only in (f.db_id, f.task_id)
             )
+        if inventory is not None:
+            for finding in report.of_kind(FindingKind.ORPHAN):
+                inventory.orphan(finding.location, finding.task_name)
         if report.tombstones_seen:
             report.notes.append(
                 f"{report.tombstones_seen} tombstones of a quarantine that was cut short are "
@@ -115,6 +126,15 @@ class Reconciler:
         report.finished_at = self.clock()
         self._log(report)
         return report
+
+    def _hazard_watch(self, report: ScanReport) -> HazardWatch | None:
+        if not self.settings.scan.hazards:
+            return None
+        return HazardWatch(
+            now=report.started_at,
+            visibility_timeout_s=self.reader.layout.visibility_timeout_s,
+            scan_started_at=report.started_at,
+        )
 
     def _lost_tracker(self, report: ScanReport) -> LostTracker:
         if not self.settings.tasks.updated_at_column:
@@ -146,7 +166,11 @@ class Reconciler:
             batcher.know_held(() if view is None else view.messages)
 
     def _scan_queues(
-        self, batcher: LookupBatcher, report: ScanReport, asked: Future[WorkerView | None]
+        self,
+        batcher: LookupBatcher,
+        report: ScanReport,
+        asked: Future[WorkerView | None],
+        inventory: Inventory | None,
     ) -> None:
         layout = self.reader.layout
         for queue in self.settings.scan.queues:
@@ -155,6 +179,8 @@ class Reconciler:
             for band, key in keys:
                 total, done = lengths[key], 0
                 place = Location(Where.QUEUE, queue=queue, priority=band, key=key)
+                if inventory is not None:
+                    inventory.band(place).length = total
                 for start, chunk in self.reader.iter_list(key):
                     batcher.add_queued(chunk, start, place)
                     if asked.done():

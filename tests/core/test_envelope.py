@@ -464,7 +464,7 @@ def test_quick_message_builds_the_location_replace_would() -> None:
     for f in fields(Location):
         values[f.name] = {"Where": Where.UNACKED, "str": f"v-{f.name}", "int": 7}[str(f.type)]
     place = Location(**values)
-    read: Quick = ("c-1", "task", "row-1", "demo.process_video", "tag", None)
+    read: Quick = ("c-1", "task", "row-1", "demo.process_video", "tag", None, None)
     assert quick_message(read, place, 3).location == replace(place, index=3)
     bare = replace(place, delivery_tag="")
     assert quick_message(read, bare, 3).location == replace(bare, index=3, delivery_tag="tag")

@@ -683,7 +683,15 @@ def test_json_report(env: Env) -> None:
     assert done.returncode == 1, done.stderr
     doc = json.loads(done.stdout)
     assert doc["consistent"] is False
-    assert doc["counts"] == {"orphan": 1, "stale_result": 0, "lost": 0, "unreadable": 0}
+    assert doc["counts"] == {
+        "orphan": 1,
+        "stale_result": 0,
+        "lost": 0,
+        "unreadable": 0,
+        "eta_beyond_visibility": 0,
+        "duplicate": 0,
+        "expired_waiting": 0,
+    }
     assert doc["reasons"] == {"orphan:row_missing": 1}
     assert doc["places"] == {
         "celery": {"messages": 1, "managed": 0, "unmanaged": 1, "orphans": 0, "unreadable": 0},
