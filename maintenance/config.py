@@ -21,6 +21,8 @@ from maintenance.redaction import redact_url
 
 DEFAULT_CONFIG_PATH = Path("config/maintenance.toml")
 CONFIG_ENV = "MAINTENANCE_CONFIG"
+# URL schemes of a Redis broker or result backend, as kombu and Celery take them.
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://", "sentinel://", "socket://")
 URL_OVERRIDES = {  # environment variable -> (section, key)
     "REDIS_URL": ("redis", "broker_url"),
     "RESULT_BACKEND_URL": ("redis", "result_backend_url"),

@@ -4,16 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
-
-import redis
-from celery import Celery
-from celery.exceptions import ImproperlyConfigured
+from typing import TYPE_CHECKING, Any
 
 from maintenance.adapters.celery_app import build_celery_app
+from maintenance.adapters.connections import check_urls, connect_broker, connect_results
 from maintenance.adapters.database import TaskDatabase, create_db_engine
 from maintenance.adapters.history import HistoryStore
 from maintenance.adapters.history_totals import HistoryReader
@@ -22,8 +18,8 @@ from maintenance.adapters.leftovers import ReplyListSweeper
 from maintenance.adapters.live_state import LiveStateReader
 from maintenance.adapters.producer import TaskProducer
 from maintenance.adapters.quarantine import Quarantine
-from maintenance.adapters.redis_layout import BrokerLayout, OwnKeys, ResultLayout
-from maintenance.adapters.redis_reader import RedisReader, broker_errors
+from maintenance.adapters.redis_layout import BrokerLayout, OwnKeys
+from maintenance.adapters.redis_reader import RedisReader
 from maintenance.adapters.results import ResultWriter
 from maintenance.adapters.run_lock import RunLock
 from maintenance.adapters.scan_summary import ScanSummaryStore
@@ -31,10 +27,9 @@ from maintenance.adapters.sentinel import MasterPin
 from maintenance.adapters.stuck_rows import StuckRows
 from maintenance.adapters.workers import WorkerControl
 from maintenance.config import Settings
-from maintenance.core.models import as_text
-from maintenance.errors import ConfigError
 
-REDIS_SCHEMES = ("redis://", "rediss://", "unix://", "sentinel://", "socket://")
+if TYPE_CHECKING:  # annotations only: the app is built by adapters.celery_app
+    from celery import Celery
 
 
 @dataclass
@@ -71,39 +66,13 @@ def open_adapters(
 ) -> Adapters:
     """Connect to Redis the way kombu and Celery would for the same settings."""
     app = app or build_celery_app(settings)
-    if not settings.redis.broker_url.startswith(REDIS_SCHEMES):
-        raise ConfigError(
-            "must be a redis://, rediss://, unix:// or sentinel:// URL",
-            key="redis.broker_url",
-            source=settings.source,
-        )
-    _check_sentinel_options(settings, app)
+    check_urls(settings, app)
     closers: list[Any] = []
     try:
         return _connect(settings, app, closers, clock)
     except BaseException:
         _close_all(closers)  # release what was opened before the failure (long-lived workers)
         raise
-
-
-def _check_sentinel_options(settings: Settings, app: Celery) -> None:
-    """A `sentinel://` result backend without `master_name` is a config error, said so up front.
-
-    kombu refuses a Sentinel broker without it when connecting (a ValueError, reported as a config
-    error below), but Celery's SentinelBackend asks the sentinels for master `None` and fails the
-    first result read with "No master found for None", reported as Redis being unavailable.
-    """
-    url = str(app.conf.result_backend or "")
-    options = app.conf.result_backend_transport_options or {}
-    if url.startswith("sentinel://") and not options.get("master_name"):
-        key = "redis.result_backend_transport_options"
-        if not settings.redis.result_backend_url:
-            key = "redis.transport_options"
-        raise ConfigError(
-            "a sentinel:// result backend needs master_name (the name the sentinels monitor)",
-            key=key,
-            source=settings.source,
-        )
 
 
 def open_history(settings: Settings) -> tuple[HistoryStore, Callable[[], None]]:
@@ -129,26 +98,17 @@ def open_survey(settings: Settings) -> SurveyAdapters:
     """Connect as `open_adapters` does (kombu's URL handling and transport options), but only
     what a look at the schema and the queues needs."""
     app = build_celery_app(settings)
-    if not settings.redis.broker_url.startswith(REDIS_SCHEMES):
-        raise ConfigError(
-            "must be a redis://, rediss://, unix:// or sentinel:// URL",
-            key="redis.broker_url",
-            source=settings.source,
-        )
+    check_urls(settings, app)
     closers: list[Any] = []
     try:
-        with _url_errors("redis.broker_url", settings), broker_errors("connecting to the broker"):
-            connection = app.connection_for_read()
-            closers.append(connection.release)
-            channel = connection.default_channel
-            layout = BrokerLayout.from_channel(channel)
-            broker = redis.Redis(connection_pool=channel.pool)
+        broker = connect_broker(settings, app)
+        closers.append(broker.release)
         engine = create_db_engine(settings)
         closers.append(engine.dispose)
         return SurveyAdapters(
             schema=SchemaReader(engine),
-            broker=BrokerSurvey(broker, layout, count=settings.redis.chunk_size),
-            layout=layout,
+            broker=BrokerSurvey(broker.client, broker.layout, count=settings.redis.chunk_size),
+            layout=broker.layout,
             _closers=closers,
         )
     except BaseException:
@@ -167,21 +127,11 @@ def _connect(
 ) -> Adapters:
     # Behind Sentinel, each run stays on the master it began on (adapters/sentinel.py).
     pin = MasterPin()
-    with _url_errors("redis.broker_url", settings), broker_errors("connecting to the broker"):
-        connection = app.connection_for_read()
-        closers.append(connection.release)
-        channel = connection.default_channel  # connects and pings
-        layout = BrokerLayout.from_channel(channel)
-        # A plain client over kombu's own pool: same URL handling (TLS, sockets, sentinel),
-        # and key names that we prefix ourselves from the layout.
-        broker = pin.attach(redis.Redis(connection_pool=channel.pool))
-    results_key = (
-        "redis.result_backend_url" if settings.redis.result_backend_url else ("redis.broker_url")
-    )
-    with _url_errors(results_key, settings), broker_errors("connecting to the result backend"):
-        backend = app.backend
-        results = pin.attach(backend.client)
-        result_layout = ResultLayout(task_keyprefix=as_text(backend.task_keyprefix))
+    connected = connect_broker(settings, app, pin)
+    closers.append(connected.release)
+    broker, layout = connected.client, connected.layout
+    backend_of = connect_results(settings, app, pin)
+    backend, results, result_layout = backend_of.backend, backend_of.client, backend_of.layout
     engine = create_db_engine(settings)
     closers.append(engine.dispose)
     db = TaskDatabase(engine, settings)
@@ -225,12 +175,3 @@ def _connect(
         live_state=LiveStateReader(broker, layout, own_keys, summaries),
         _closers=closers,
     )
-
-
-@contextmanager
-def _url_errors(key: str, settings: Settings) -> Iterator[None]:
-    """kombu and Celery reject a malformed URL (bad port, database, scheme) as a config error."""
-    try:
-        yield
-    except (ValueError, ImproperlyConfigured) as exc:
-        raise ConfigError(f"invalid URL: {exc}", key=key, source=settings.source) from None

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import structlog
 
 from maintenance.actions.apply import Applier
-from maintenance.actions.recorder import RunRecorder
+from maintenance.actions.recorder import RecordedRun, RunRecorder
 from maintenance.actions.run import RunOptions, policy_for
 from maintenance.adapters.history import ActionRecord
 from maintenance.core.inventory import operator_finding
@@ -72,16 +72,7 @@ class OperatorActions:
             details.extend(report.notes)
         live = tuple(sorted(workers)) if inspected else None
         with self.recorder.run(RunMode.REVOKE, started_by) as run:
-            applier = Applier(
-                self.adapters,
-                run.run_id,
-                run.record,
-                done=run.done,
-                clock=self.clock,
-                workers_alive=live,
-                checkpoint=run.checkpoint,
-            )
-            applier.apply(Plan(actions=tuple(planned)))
+            applier = self._apply(run, planned, live)
             if unseen:
                 # A worker the inspection missed may still hold it: tell them, count nothing.
                 heard = self.adapters.workers.revoke(unseen, expect=applier.workers_alive or ())
@@ -115,16 +106,7 @@ class OperatorActions:
             else:
                 planned.append(Planned(action, finding))
         with self.recorder.run(RunMode.PURGE, started_by) as run:
-            applier = Applier(
-                self.adapters,
-                run.run_id,
-                run.record,
-                done=run.done,
-                clock=self.clock,
-                workers_alive=alive,
-                checkpoint=run.checkpoint,
-            )
-            applier.apply(Plan(actions=tuple(planned)))
+            self._apply(run, planned, alive)
             if held:
                 run.done["held_by_worker"] += len(held)
                 run.record(
@@ -136,6 +118,22 @@ class OperatorActions:
         log.info("🧹 purged by operator", selected=len(selected), done=dict(run.done))
         details = [f"held by a live worker, left: {f.task_id}" for f in held[:20]]
         return OperatorResult(run.run_id, dict(run.done), details)
+
+    def _apply(
+        self, run: RecordedRun, planned: list[Planned], workers_alive: tuple[str, ...] | None
+    ) -> Applier:
+        """Act on an operator's plan within its recorded run; the applier says what it did."""
+        applier = Applier(
+            self.adapters,
+            run.run_id,
+            run.record,
+            done=run.done,
+            clock=self.clock,
+            workers_alive=workers_alive,
+            checkpoint=run.checkpoint,
+        )
+        applier.apply(Plan(actions=tuple(planned)))
+        return applier
 
     def restore(self, task_ids: Sequence[str] | None, *, started_by: str) -> OperatorResult:
         """Put quarantined messages back, intact, and clear the REVOKED state we wrote for them."""

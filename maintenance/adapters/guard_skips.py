@@ -9,9 +9,7 @@ import redis
 
 from maintenance.adapters.celery_app import broker_connection
 from maintenance.adapters.redis_reader import broker_errors
-from maintenance.config import RedisSettings
-
-_REDIS_SCHEMES = ("redis://", "rediss://", "unix://", "sentinel://", "socket://")
+from maintenance.config import REDIS_SCHEMES, RedisSettings
 
 
 class SkipCounter:
@@ -30,7 +28,7 @@ class SkipCounter:
             self._connection().hincrby(self.key, reason, 1)
 
     def _connection(self) -> redis.Redis:
-        """A plain client over kombu's own pool, as services.py builds the broker client.
+        """A plain client over kombu's own pool, as `connections.connect_broker` builds one.
 
         `redis.Redis.from_url` knows neither `sentinel://` URLs (kombu's form: the sentinels'
         addresses, `master_name` in the transport options) nor the `[redis] ssl` files, so the
@@ -41,7 +39,7 @@ class SkipCounter:
         if self._client is not None and self._client[0] == pid:
             return self._client[1]
         self._client = None  # inherited through fork: the parent's sockets are not ours
-        if not self.settings.broker_url.startswith(_REDIS_SCHEMES):
+        if not self.settings.broker_url.startswith(REDIS_SCHEMES):
             raise redis.RedisError("invalid broker URL: not a Redis URL")
         try:
             # Best effort inside a task: one attempt, not kombu's seconds of reconnecting.

@@ -17,10 +17,8 @@ import click
 
 from maintenance.cli.base import SettingsHook
 from maintenance.cli.main import make_group
-from maintenance.config import Settings
+from maintenance.config import REDIS_SCHEMES, Settings
 from maintenance.errors import ConfigError
-
-REDIS_SCHEMES = ("redis://", "rediss://", "sentinel://", "unix://")
 
 
 def settings_from_app(

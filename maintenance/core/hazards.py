@@ -34,8 +34,11 @@ RECENT_CHUNKS = 4  # chunks of a list whose ids are remembered to recognise a me
 _TASK_ID, _TAG, _ETA, _EXPIRES = itemgetter(0), itemgetter(4), itemgetter(5), itemgetter(6)
 
 
-def parse_time(value: Any) -> float | None:
-    """An ETA or `expires` header as unix seconds: Celery writes ISO 8601 (UTC when naive)."""
+def parse_time(value: Any, naive_as_utc: bool = True) -> float | None:
+    """An ETA or `expires` header as unix seconds. Celery writes ISO 8601 with an offset; a
+    naive time (one an app passed as a naive datetime) is read by workers in their own local
+    zone, which we cannot know: UTC for a report, None (unknown) where a removal would rest on
+    it (`naive_as_utc=False`)."""
     if isinstance(value, int | float) and not isinstance(value, bool):
         return float(value)
     if not isinstance(value, str) or not value:
@@ -45,6 +48,8 @@ def parse_time(value: Any) -> float | None:
     except ValueError:
         return None
     if parsed.tzinfo is None:
+        if not naive_as_utc:
+            return None
         parsed = parsed.replace(tzinfo=UTC)
     return parsed.timestamp()
 
@@ -177,7 +182,8 @@ class HazardWatch:
         )
 
     def _expired(self, msg: Message) -> Iterator[Finding]:
-        expires = parse_time(msg.expires)
+        # cleanup removes what this reports: an expiry we cannot place in time is not one
+        expires = parse_time(msg.expires, naive_as_utc=False)
         if expires is None or expires >= self.now:
             return
         yield _finding(

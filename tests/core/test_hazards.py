@@ -74,6 +74,10 @@ def test_expired_waiting() -> None:
     )  # fmt: skip
     assert [(f.kind, f.task_id) for f in found] == [(FindingKind.EXPIRED_WAITING, "a")]
     assert found[0].reason.certain
+    # a naive expiry is read by workers in their local zone, unknown here: never reported
+    naive = datetime.fromtimestamp(NOW - 86400, UTC).replace(tzinfo=None).isoformat()
+    assert list(w.queued([read("c", "t3", expires=naive)], PLACE, 2)) == []
+    assert parse_time(naive, naive_as_utc=False) is None
 
 
 def test_duplicates_need_two_delivery_tags() -> None:

@@ -27,8 +27,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlencode
 
-from maintenance.cli.celery_command import REDIS_SCHEMES, settings_from_app
-from maintenance.config import Settings, load_settings, settings_from_mapping
+from maintenance.cli.celery_command import settings_from_app
+from maintenance.config import REDIS_SCHEMES, Settings, load_settings, settings_from_mapping
 from maintenance.errors import ConfigError
 
 SOURCE = "settings.TASK_MAINTENANCE"
