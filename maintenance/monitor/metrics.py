@@ -20,7 +20,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from maintenance.core.models import Outcome
+from maintenance.core.models import Outcome, Reason
 from maintenance.monitor.snapshot import Snapshot
 
 PREFIX = "task_maintenance"
@@ -30,6 +30,17 @@ DEFAULT_METRICS_PORT = 8758
 # Every outcome a finished run can have, always exported (0 until seen): the first failure is
 # then an increase of runs_total, and last_run_outcome has a series for each.
 RUN_OUTCOMES = tuple(o.value for o in Outcome if o is not Outcome.RUNNING)
+# Every reason a guard skips for (guards/policy.py row_problem), exported from 0 so that
+# `increase()` and `rate()` see the first skip of each rather than a series appearing at 1.
+GUARD_SKIP_REASONS = tuple(
+    reason.value
+    for reason in (
+        Reason.ROW_MISSING,
+        Reason.ROW_FINISHED,
+        Reason.PARENT_MISSING,
+        Reason.PARENT_FINISHED,
+    )
+)
 
 
 class SnapshotCollector(Collector):
@@ -103,7 +114,7 @@ def _broker_metrics(snap: Snapshot) -> Iterator[Metric]:
         workers.add_metric([], len(snap.workers))
         yield workers
     skips = _counter("guard_skips", "Actions a safety guard skipped, by reason", ["reason"])
-    for reason, count in snap.guard_skips.items():
+    for reason, count in {**dict.fromkeys(GUARD_SKIP_REASONS, 0), **snap.guard_skips}.items():
         skips.add_metric([reason], count)
     yield skips
     held = _gauge("run_lock_held", "1 while a maintenance run holds the run lock")

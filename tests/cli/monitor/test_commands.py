@@ -143,6 +143,8 @@ def test_once_json_and_metrics_see_queued_unacked_and_orphaned_messages(
     assert metrics["task_maintenance_scan_findings"][(("kind", "orphan"),)] >= 2
     assert metrics["task_maintenance_actions_total"][(("action", "quarantined"),)] == 2
     assert metrics["task_maintenance_guard_skips_total"][(("reason", "row_missing"),)] == 3
+    # every other reason a guard skips for is exported from 0, before its first skip
+    assert metrics["task_maintenance_guard_skips_total"][(("reason", "parent_finished"),)] == 0
     assert metrics["task_maintenance_last_run_outcome"][(("outcome", "ok"),)] == 1
     assert metrics["task_maintenance_last_run_duration_seconds"][()] >= 0
     assert metrics["task_maintenance_backend_up"][(("backend", "redis"),)] == 1
