@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, TypeVar
 
 import redis
 from celery import Celery
+from kombu.pidbox import Mailbox
 
 from maintenance.adapters.redis_reader import broker_errors
 from maintenance.core.bindings import BindingTable
 from maintenance.core.models import Location, Message, Reason, Where
 
 T = TypeVar("T")
+# Limited pings before the last, unlimited one: each limited one that ends early lost a place
+# to a stray reply; a few such are plenty, the last waits the timeout out.
+_LIMITED_PINGS = 3
 
 
 @dataclass(frozen=True)
@@ -39,14 +44,54 @@ class WorkerControl:
         return WorkerControl(self.app, timeout_s)
 
     def ping(self) -> list[str]:
+        """The names of the workers that answer a broadcast ping.
+
+        Each live worker binds its `<hostname>.<namespace>.pidbox` queue to the mailbox's fanout
+        exchange, so kombu's binding table names the workers to expect: the ping ends as soon as
+        all of them have answered, `timeout_s` being only the upper bound. A binding a dead
+        worker left behind costs the whole timeout (as every ping did before); a worker that
+        answers without a binding (the table was wiped) makes the table untrusted, and the ping
+        then waits the timeout out for anyone else.
+        """
         with broker_errors("pinging workers"):
-            replies = _after_failover(lambda: self.app.control.ping(timeout=self.timeout_s)) or []
-        return sorted(name for reply in replies for name in reply)
+            return _after_failover(self._ping)
+
+    def expected_workers(self) -> set[str]:
+        """The workers the binding table names (a stale binding included)."""
+        with (
+            broker_errors("reading the workers' bindings"),
+            self.app.connection_or_acquire() as connection,
+        ):
+            return _after_failover(partial(self._bound, connection))
+
+    def _bound(self, connection: Any) -> set[str]:
+        # The channel's own client: its global_keyprefix, database, Sentinel and TLS settings.
+        mailbox = self.app.control.mailbox
+        table = connection.default_channel.get_table(mailbox.exchange.name)
+        return bound_workers(table, pidbox_suffix(mailbox))
+
+    def _ping(self) -> list[str]:
+        control = self.app.control
+        deadline = time.monotonic() + self.timeout_s
+        with self.app.connection_or_acquire() as connection:
+            expected = self._bound(connection)
+            answered: set[str] = set()
+            for attempt in range(_LIMITED_PINGS + 1):
+                trusted = bool(expected) and answered <= expected
+                limit = len(expected) if trusted and attempt < _LIMITED_PINGS else None
+                remaining = max(deadline - time.monotonic(), 0.01)  # 0 would mean no expiry
+                replies = control.ping(timeout=remaining, limit=limit, connection=connection)
+                answered.update(name for reply in replies or () for name in reply)
+                if limit is None or answered == expected or time.monotonic() >= deadline:
+                    break
+                # Returned early without everyone: a stray reply (one to an earlier, timed-out
+                # ping of this process) took a place, or an unbound worker answered.
+        return sorted(answered)
 
     def snapshot(self, bindings: BindingTable) -> WorkerView:
         """Active, reserved and scheduled tasks of every worker that answers in time.
 
-        One ping waits the full timeout (nobody knows how many workers exist); the three
+        The ping returns once every bound worker has answered (see `ping`); the three
         inspections then return as soon as every worker that answered the ping has replied.
         """
         alive = self.ping()
@@ -100,6 +145,22 @@ class WorkerControl:
                 if any("ok" in answer for reply in replies or () for answer in reply.values()):
                     acknowledged.update(batch)
         return acknowledged
+
+
+def pidbox_suffix(mailbox: Mailbox) -> str:
+    """What follows the hostname in a worker's pidbox queue name, from kombu's own naming."""
+    queue = mailbox.get_queue("")  # type: ignore[no-untyped-call]  # kombu ships no hints here
+    return str(queue.name)
+
+
+def bound_workers(table: Iterable[Sequence[str]], suffix: str) -> set[str]:
+    """The hostnames of the pidbox queues in a fanout exchange's binding table (kombu's
+    `(routing_key, pattern, queue)` rows, `_kombu.binding.<exchange>` on Redis)."""
+    return {
+        row[-1][: -len(suffix)]
+        for row in table
+        if row and row[-1].endswith(suffix) and row[-1] != suffix
+    }
 
 
 def _after_failover(call: Callable[[], T]) -> T:
