@@ -45,6 +45,7 @@ class MemoryPeaks:
     """Sample repeatedly while the process runs; VmHWM only grows, so the last sample counts."""
 
     main_kib: int = 0
+    main_private_kib: int = 0  # the most of the process's own pages seen (sampled)
     child_kib: int = 0  # the largest child (the forked result scan); shares pages with main
     child_private_kib: int = 0  # ... and the most of it that was its own
     samples: int = 0
@@ -52,14 +53,21 @@ class MemoryPeaks:
     def sample(self, pid: int) -> None:
         self.main_kib = max(self.main_kib, _hwm_kib(pid))
         self.samples += 1
+        walk = self.samples % 10 == 1  # smaps_rollup walks the mappings: now and then
+        if walk:
+            self.main_private_kib = max(self.main_private_kib, _private_kib(pid))
         for child in _children(pid):
             self.child_kib = max(self.child_kib, _hwm_kib(child))
-            if self.samples % 10 == 0:  # smaps_rollup walks the mappings: now and then
+            if walk:
                 self.child_private_kib = max(self.child_private_kib, _private_kib(child))
 
     @property
     def main_mib(self) -> float:
         return self.main_kib / 1024
+
+    @property
+    def main_private_mib(self) -> float:
+        return self.main_private_kib / 1024
 
     @property
     def child_mib(self) -> float:

@@ -12,6 +12,7 @@ import base64
 import json
 import time
 from dataclasses import dataclass
+from typing import cast
 
 import psycopg2
 import redis
@@ -79,10 +80,13 @@ def run_naive(
     cur = conn.cursor()
     with Probe(redis_url, nice=nice) as probe:
         started = time.perf_counter()
-        result_keys = client.keys("celery-task-meta-*")
+        # a client that does not decode: bytes
+        result_keys = cast("list[bytes]", client.keys("celery-task-meta-*"))
         keys_s = time.perf_counter() - started
         started = time.perf_counter()
-        messages = [raw for key in queue_keys for raw in client.lrange(key, 0, -1)]
+        messages = [
+            raw for key in queue_keys for raw in cast("list[bytes]", client.lrange(key, 0, -1))
+        ]
         lrange_s = time.perf_counter() - started
         picked = _every(messages, sample)
         started = time.perf_counter()

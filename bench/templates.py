@@ -11,6 +11,7 @@ import base64
 import json
 import os
 from dataclasses import dataclass
+from typing import cast
 
 import redis
 from celery import Celery
@@ -64,13 +65,16 @@ def _placeholders(text: str, names: dict[str, str]) -> str:
     return text
 
 
-def _send(app: Celery, kind: Kind) -> None:
+def _send(app: Celery, kind: Kind, pad: int) -> None:
+    kwargs: dict[str, object]
     if kind.task == "demo.render":
         args, kwargs = [], {"task_id": ROW_ID, "quality": "hd", "source": SOURCE}
     elif kind.task == "demo.send_email":
         args, kwargs = ["someone@example.com"], {"template": SOURCE}
     else:
         args, kwargs = [ROW_ID], {"source": SOURCE}
+    if pad:  # an app that sends big arguments (a manifest, a list of segments)
+        kwargs["notes"] = ("segment " * (pad // 8 + 1))[:pad]
     app.send_task(
         kind.task,
         args=args,
@@ -82,14 +86,17 @@ def _send(app: Celery, kind: Kind) -> None:
     )
 
 
-def capture_messages(client: redis.Redis, app: Celery) -> list[MessageTemplate]:
-    """Send one real message per kind and read it back from the list kombu chose for it."""
+def capture_messages(
+    client: redis.Redis, app: Celery, kinds: tuple[Kind, ...] = KINDS, pad: int = 0
+) -> list[MessageTemplate]:
+    """Send one real message per kind and read it back from the list kombu chose for it;
+    `pad` bytes of extra keyword argument make bigger messages."""
     layout = BrokerLayout()
     templates = []
-    for kind in KINDS:
-        _send(app, kind)
+    for kind in kinds:
+        _send(app, kind, pad)
         for _, key in layout.queue_keys(kind.queue):
-            raw = client.rpop(key)
+            raw = cast("bytes | None", client.rpop(key))  # a client that does not decode
             if raw is not None:
                 break
         else:
@@ -122,7 +129,7 @@ def capture_results(client: redis.Redis, app: Celery) -> ResultTemplates:
             traceback="Traceback (most recent call last):\n  ...\nRuntimeError",
         )
         key = backend.get_key_for_task(TASK_ID)
-        raw = client.get(key)
+        raw = cast("bytes", client.get(key))  # just stored, by a client that does not decode
         client.delete(key)
         doc = json.loads(raw)
         text = raw.decode().replace(doc["date_done"], done)
