@@ -80,6 +80,7 @@ PHASES: list[tuple[type, str, str]] = [
     (Applier, "_revoke", "    revoke (slipped away)"),
     (_Overlapped, "submit", "  main thread waiting for bookkeeping"),
     (Quarantine, "compact", "  compaction (LREM)"),
+    (Quarantine, "compact_whole", "  compaction (LREM)"),
     (Applier, "_delete_results", "delete results"),
 ]
 

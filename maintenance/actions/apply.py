@@ -60,8 +60,11 @@ class Applier:
         clock: Callable[[], float] = time.time,
         workers_alive: tuple[str, ...] | None = None,
         checkpoint: Callable[[], None] = lambda: None,
+        compact_whole: bool = False,
     ):
         self.adapters = adapters
+        # The one whole-list LREM per list (`cleanup --compact`) instead of bounded pieces.
+        self.compact_whole = compact_whole
         self.checkpoint = checkpoint  # writes the actions recorded so far (raises on failure)
         # The workers whose acknowledgement makes a revoke count; None: not known, ask them.
         self.workers_alive = workers_alive
@@ -141,10 +144,32 @@ class Applier:
                 books.finish()
             finally:
                 books.finish(best_effort=True)  # after a failure: record what was taken
-                if placed:  # compact even after a failure, so no tombstone stays behind
-                    self.quarantine.compact(key, tombstone)
+                removed = self._compact(key, tombstone, placed) if placed else 0
                 # One line per list, not per script call: the history holds every action.
-                log.info("🧹 quarantined orphans", key=key, count=placed, task_ids=first_ids)
+                log.info(
+                    "🧹 quarantined orphans",
+                    key=key,
+                    count=placed,
+                    tombstones_removed=removed,
+                    tombstones_left=placed - removed,
+                    task_ids=first_ids,
+                )
+
+    def _compact(self, key: str, tombstone: bytes, placed: int) -> int:
+        """Remove this run's tombstones of one list (even after a failure): in bounded pieces
+        from both ends, or all at once when the operator opted in. Those not removed stay
+        queued for workers to discard (or a worker already took them): `tombstones_left`,
+        which the next run's compaction takes as they drift toward the tail."""
+        if self.compact_whole:
+            removed = self.quarantine.compact_whole(key, tombstone).removed
+        else:
+            depth = self.settings.cleanup.compact_depth
+            removed = self.quarantine.compact(key, tombstone, depth).removed
+        if removed:
+            self.done["tombstones_compacted"] += removed  # what LREM said it removed, no more
+        if placed > removed:
+            self.done["tombstones_left"] += placed - removed
+        return removed
 
     def _book_quarantined(self, taken: list[Finding], missing: list[Finding]) -> None:
         """Taken messages are in no worker's hands: mark them REVOKED in the result backend.

@@ -54,6 +54,9 @@ class RunOptions:
     # Exceptions that end a run early but cleanly (Celery's SoftTimeLimitExceeded): the run is
     # recorded "partial", the lock released, and the exception re-raised to the caller.
     interrupted_by: tuple[type[BaseException], ...] = ()
+    # Remove tombstones with one whole-list LREM per list (blocks Redis ~0.3-1.4 s at 1M
+    # messages) instead of bounded pieces that leave the deep ones to workers.
+    compact_whole: bool = False
 
 
 @dataclass
@@ -134,7 +137,7 @@ class CleanupRun:
         if options.confirm is not None and not options.confirm(plan, report):
             run.end(Outcome.DECLINED)
             return
-        self._remove_tombstones(run, report)
+        self._remove_tombstones(run, report, options.compact_whole)
         applier = Applier(
             self.adapters,
             run.run_id,
@@ -145,21 +148,34 @@ class CleanupRun:
             clock=self.clock,
             workers_alive=report.workers if report.workers_inspected else None,
             checkpoint=run.checkpoint,
+            compact_whole=options.compact_whole,
         )
         applier.apply(plan)
         if applier.stopped_early:
             run.end(Outcome.PARTIAL, f"stopped between steps: {_why_stopped(run)}")
 
-    def _remove_tombstones(self, run: RecordedRun, report: ScanReport) -> None:
-        """Ours, left by a quarantine that was cut short (whichever run placed them)."""
+    def _remove_tombstones(self, run: RecordedRun, report: ScanReport, whole: bool) -> None:
+        """Ours, left by a quarantine that was cut short or by a bounded compaction (whichever
+        run placed them): in bounded pieces from both ends unless `whole`."""
+        quarantine = self.adapters.quarantine
+        removed = 0
         for key, payloads in report.tombstones.items():
             for payload in payloads:
-                run.done["tombstones_removed"] += self.adapters.quarantine.compact(key, payload)
+                if whole:
+                    done = quarantine.compact_whole(key, payload)
+                else:
+                    done = quarantine.compact(key, payload, self.settings.cleanup.compact_depth)
+                removed += done.removed
+        if removed:
+            run.done["tombstones_removed"] += removed  # what LREM said it removed, no more
+        if report.tombstones_seen > removed:  # deeper than a piece reaches (or taken since)
+            run.done["tombstones_left"] += report.tombstones_seen - removed
         if report.tombstones:
             log.info(
-                "🧹 removed tombstones a cut-short quarantine left",
+                "🧹 removed tombstones an earlier run left",
                 lists=len(report.tombstones),
-                count=run.done["tombstones_removed"],
+                count=removed,
+                left=max(0, report.tombstones_seen - removed),
             )
 
     def _scan_and_plan(self, options: RunOptions, policy: Policy) -> tuple[ScanReport, Plan]:

@@ -50,6 +50,14 @@ def cleanup_options(command: F) -> F:
                 help="raise the circuit breaker's absolute limit for this run",
             ),
             click.option("--no-results", is_flag=True, help="leave result keys alone"),
+            click.option(
+                "--compact",
+                is_flag=True,
+                help="remove every tombstone with one whole-list LREM per list: blocks Redis "
+                "~0.3 s (quiet) to 1.4 s (busy) at 1M messages, ten times that at 10M; by "
+                "default bounded pieces remove those near either end and leave deeper ones "
+                "for workers to discard",
+            ),
             click.option("--dry-run", is_flag=True, help="show the plan only"),
         )
     ):
@@ -234,6 +242,7 @@ def run_cleanup(
     max_orphan_ratio: float | None,
     max_orphans: int | None,
     no_results: bool,
+    compact: bool = False,
 ) -> int:
     if not force and not dry_run and not sys.stdin.isatty():
         raise ConfigError(
@@ -262,6 +271,7 @@ def run_cleanup(
         max_orphan_ratio=max_orphan_ratio,
         max_orphans=max_orphans,
         scan_results=not no_results,
+        compact_whole=compact,
         confirm=None if force else _ask(progress),
         on_wait=on_wait,
     )
