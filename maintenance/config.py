@@ -95,6 +95,10 @@ class ScanSettings:
     result_retention_h: float = 24.0
     stuck_after_h: float = 24.0
     hazards: bool = True  # report ETAs beyond the visibility timeout, duplicates, expired messages
+    # scan_orphans split into Celery subtasks on the maintenance queue (scan/fanout.py)
+    fan_out: bool = False
+    fan_out_result_shards: int = 4  # result-key parts (+1 catch-all), by the id's first hex digit
+    fan_out_start_timeout_s: float = 30.0  # fail when no maintenance worker takes a part sooner
 
 
 @dataclass(frozen=True)
@@ -107,6 +111,9 @@ class CleanupSettings:
     failed_status: str = "failed"  # stuck_action = "mark_failed" sets this status
     requeue_queue: str = ""  # stuck_action = "requeue" sends here; empty: the first scan queue
     revoke_batch_size: int = 500
+    # elements from each end of a queue list one compaction piece may scan (~130-200 ns each
+    # at 1 KB): tombstones deeper stay for workers; `cleanup --compact` removes all at once
+    compact_depth: int = 50_000
     lock_ttl_s: float = 3900.0  # the longest a run holds the lock: it stops renewing after this
     lock_wait_s: float = 0.0  # how long a second run waits for the lock before giving up
     lock_lease_s: float = 60.0  # the lock expires this long after its holder last renewed it
@@ -358,6 +365,8 @@ def _check_consistency(settings: Settings) -> None:
         raise ConfigError("must name at least one status", key="tasks.active_statuses", source=src)
     if not settings.scan.queues:
         raise ConfigError("must name at least one queue", key="scan.queues", source=src)
+    if not 1 <= settings.scan.fan_out_result_shards <= 16:
+        raise ConfigError("must be from 1 to 16", key="scan.fan_out_result_shards", source=src)
     if not 0 < settings.cleanup.lock_renew_s < settings.cleanup.lock_lease_s:
         raise ConfigError(
             "must be greater than 0 and below cleanup.lock_lease_s",

@@ -15,6 +15,16 @@ from typing import Any
 from celery import Celery
 
 from maintenance.actions.expiry import cleanup_expired
+from maintenance.actions.fanout import (
+    SCAN_MERGE,
+    SCAN_PART,
+    SCAN_WORKERS_PART,
+    FanOutScan,
+    PartSessions,
+    merge_parts,
+    run_part,
+    run_workers_part,
+)
 from maintenance.actions.operator import OperatorActions, OperatorResult
 from maintenance.actions.recorder import RunRecorder
 from maintenance.actions.roll_forward import RollForward
@@ -43,8 +53,12 @@ from maintenance.scan.reconciler import Reconciler
 from maintenance.services import Adapters, open_adapters, open_history
 
 __all__ = [
+    "SCAN_MERGE",
+    "SCAN_PART",
+    "SCAN_WORKERS_PART",
     "ChooseStatuses",
     "ConfigAdvisor",
+    "FanOutParts",
     "Holder",
     "Maintenance",
     "OperatorResult",
@@ -278,9 +292,24 @@ class Maintenance:
         return holder
 
     # -- acting: every operation runs under the run recorder ----------------------------------
-    def cleanup(self, options: RunOptions, progress: Progress | None = None) -> RunResult:
-        """Scan, grace re-check, plan, confirm, apply; a dry run stops after the plan."""
-        return self._cleanup_run(progress).run(options)
+    def cleanup(
+        self, options: RunOptions, progress: Progress | None = None, *, fan_out: bool = False
+    ) -> RunResult:
+        """Scan, grace re-check, plan, confirm, apply; a dry run stops after the plan.
+        `fan_out`: the scan is split into parts maintenance workers run (actions/fanout.py);
+        only a recorded run can, since every part verifies the run's lease."""
+        fan_out_scan = None
+        if fan_out and not options.dry_run:
+            fan_out_scan = FanOutScan(
+                self.adapters, should_stop=options.should_stop, clock=self.clock
+            )
+        return self._cleanup_run(progress, fan_out_scan).run(options)
+
+    def fan_out_scan(self, *, results: bool = True, record_as: str | None = None) -> ScanReport:
+        """The fan-out scan alone, for a caller that holds the run lock under a named run."""
+        return FanOutScan(self.adapters, clock=self.clock, sleep=self.sleep).scan(
+            results, record_as
+        )
 
     def expire(self, options: RunOptions) -> dict[str, Any]:
         """Stale results and lost rows, then the quarantine past retention and reply lists."""
@@ -298,8 +327,12 @@ class Maintenance:
         return self._operator().restore(task_ids, started_by=started_by)
 
     # -----------------------------------------------------------------------------------------
-    def _cleanup_run(self, progress: Progress | None) -> CleanupRun:
+    def _cleanup_run(
+        self, progress: Progress | None, fan_out: FanOutScan | None = None
+    ) -> CleanupRun:
         def scan(results: bool, record_as: str | None) -> ScanReport:
+            if fan_out is not None:
+                return fan_out.scan(results, record_as)
             return self.scan(results=results, progress=progress, record_as=record_as)
 
         return CleanupRun(
@@ -318,6 +351,36 @@ class Maintenance:
             self.recorder,
             clock=self.clock,
         )
+
+
+class FanOutParts:
+    """The fan-out scan's parts and its merge as a maintenance worker runs them, each under the
+    run's lease (actions/fanout.py); a run's parts in one process share its connections."""
+
+    def __init__(self, settings: Settings, app: Celery):
+        self.sessions = PartSessions(lambda: open_adapters(settings, app))
+
+    def workers_part(self, run_id: str) -> dict[str, Any]:
+        with self.sessions.of(run_id) as session:
+            return run_workers_part(session, run_id)
+
+    def part(
+        self, run_id: str, part: dict[str, Any], held_ids: list[str], ttl_s: float
+    ) -> dict[str, Any]:
+        with self.sessions.of(run_id) as session:
+            return run_part(session, run_id, part, held_ids, ttl_s)
+
+    def merge(
+        self,
+        parts: list[dict[str, Any]],
+        run_id: str,
+        view: dict[str, Any],
+        record_as: str | None,
+        ttl_s: float,
+    ) -> dict[str, Any]:
+        """The chord callback; the run's last step in this process: its session is closed."""
+        with self.sessions.of(run_id, last=True) as session:
+            return merge_parts(session, parts, run_id, view, record_as, ttl_s)
 
 
 class RunHistory:

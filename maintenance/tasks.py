@@ -4,6 +4,9 @@
                                        circuit breaker, lock, fail closed, quarantine)
     maintenance.cleanup_expired_tasks  stale results, lost rows by `stuck_action`, quarantine past
                                        retention, control reply lists nobody reads
+    maintenance.scan_part, scan_workers_part, scan_merge
+                                       `[scan] fan_out`: scan_orphans' scan in parts, merged
+                                       by a chord (actions/fanout.py)
 
 Both are registered on an app passed in (`register_tasks`), so importing this module builds nothing;
 `maintenance.worker` is the entry module that does. Each run opens its own connections and closes
@@ -26,7 +29,14 @@ from maintenance.config import Settings
 from maintenance.core.models import FindingKind, Outcome, RunMode
 from maintenance.errors import LockHeld, PlanRefused
 from maintenance.schedule import CLEANUP_EXPIRED_TASKS, SCAN_ORPHANS, task_routes
-from maintenance.service import Maintenance, RunOptions
+from maintenance.service import (
+    SCAN_MERGE,
+    SCAN_PART,
+    SCAN_WORKERS_PART,
+    FanOutParts,
+    Maintenance,
+    RunOptions,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -108,15 +118,49 @@ def _lock_held(task: Task, settings: Settings, exc: LockHeld) -> dict[str, Any]:
 
 
 def scan_orphans_body(maintenance: Maintenance, options: RunOptions) -> dict[str, Any]:
-    """Orphans only; results are not scanned, the nightly expiry run reads them."""
+    """Orphans only; results are not scanned, the nightly expiry run reads them. With
+    `[scan] fan_out`, maintenance workers scan the parts in parallel (actions/fanout.py)."""
     options = dataclasses.replace(
         options, kinds=frozenset({FindingKind.ORPHAN}), scan_results=False
     )
-    return maintenance.cleanup(options).summary()
+    fan_out = maintenance.settings.scan.fan_out
+    return maintenance.cleanup(options, fan_out=fan_out).summary()
 
 
 def cleanup_expired_body(maintenance: Maintenance, options: RunOptions) -> dict[str, Any]:
     return maintenance.expire(options)
+
+
+def register_fan_out_tasks(app: Celery, settings: Settings, common: dict[str, Any]) -> None:
+    """The fan-out scan's parts and its chord callback: a run's parts in one worker process share
+    its connections; each answers a JSON document (a part never raises: the callback names
+    every failed part)."""
+    ttl_s = float(settings.schedule.time_limit_s)
+    fan_out = FanOutParts(settings, app)
+
+    @app.task(name=SCAN_WORKERS_PART, **common)
+    def scan_workers_part(self: Task, run_id: str) -> dict[str, Any]:
+        with structlog.contextvars.bound_contextvars(maintenance_task_id=self.request.id):
+            return fan_out.workers_part(run_id)
+
+    @app.task(name=SCAN_PART, **common)
+    def scan_part(
+        self: Task, run_id: str, part: dict[str, Any], held_ids: list[str], ttl: float = ttl_s
+    ) -> dict[str, Any]:
+        with structlog.contextvars.bound_contextvars(maintenance_task_id=self.request.id):
+            return fan_out.part(run_id, part, held_ids, ttl)
+
+    @app.task(name=SCAN_MERGE, **common)
+    def scan_merge(
+        self: Task,
+        parts: list[dict[str, Any]],
+        run_id: str,
+        view: dict[str, Any],
+        record_as: str | None,
+        ttl: float = ttl_s,
+    ) -> dict[str, Any]:
+        with structlog.contextvars.bound_contextvars(maintenance_task_id=self.request.id):
+            return fan_out.merge(parts, run_id, view, record_as, ttl)
 
 
 def register_tasks(app: Celery, settings: Settings) -> dict[str, Task]:
@@ -141,6 +185,11 @@ def register_tasks(app: Celery, settings: Settings) -> dict[str, Task]:
             self, settings, RunMode.CLEANUP_EXPIRED_TASKS, started_by, cleanup_expired_body
         )
 
+    register_fan_out_tasks(app, settings, common)
+    if settings.scan.fan_out:
+        # A worker running a run takes no part behind it: prefetched beside the run (which is
+        # acked when it starts), a part would wait for the run, and the run for the part.
+        app.conf.worker_disable_prefetch = True
     routes = app.conf.task_routes
     if routes is None or isinstance(routes, Mapping):
         app.conf.task_routes = {**(routes or {}), **task_routes(settings)}

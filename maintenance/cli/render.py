@@ -110,16 +110,18 @@ def render_report(report: ScanReport, verbose: bool = False) -> str:
 def write_report_json(report: ScanReport, out: BinaryIO, flush_bytes: int = 1 << 20) -> None:
     """The report as indented JSON, streamed: one finding dict at a time, never all at once.
 
-    A million-message scan can have a few hundred thousand findings; as dicts all at once they
-    would take more memory than the whole scan, and the stdlib encoder more time.
+    A scan can have a million findings; as dicts all at once they would take more memory than
+    the whole scan, and the stdlib encoder more time. The report's store keeps them in bounded
+    memory (a temporary file past a bound), so this reads them back a batch at a time.
     """
     indent = orjson.OPT_INDENT_2
     head = orjson.dumps(report.as_dict(with_findings=False), option=indent, default=str)
     buf = bytearray(head[:-2])  # reopen the object: drop the closing "\n}"
     buf += b',\n  "findings": ['
-    for i, finding in enumerate(report.findings):
+    # The store's dicts: a stale result key goes from its compact row straight to its dict.
+    for i, doc in enumerate(report.findings.dicts()):
         buf += b",\n    " if i else b"\n    "
-        buf += orjson.dumps(finding.as_dict(), option=indent, default=str).replace(b"\n", b"\n    ")
+        buf += orjson.dumps(doc, option=indent, default=str).replace(b"\n", b"\n    ")
         if len(buf) >= flush_bytes:
             out.write(buf)
             buf.clear()

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
+from concurrent.futures import Executor
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from maintenance.core.models import (
     Finding,
@@ -171,11 +173,48 @@ def _result_location(meta: ResultMeta) -> Location:
     return Location(Where.RESULT, key=meta.key, state=meta.status)
 
 
+class LostCheck(Protocol):
+    """The lost-row check of one scan: every message seen crosses its row off; what is left of
+    the rows still to run past the stuck age when the scan ends is lost.
+
+    `LostTracker` holds the candidates in memory; `adapters.lost_rows.ServerLostRows` keeps them
+    in a temporary table on the database side, so the scan's memory does not grow with them."""
+
+    def saw(self, msg: Message) -> None: ...
+
+    def saw_many(self, seen: Sequence[Sequence[Any]]) -> None: ...
+
+    def run_on(self, pool: Executor) -> None:
+        """Where crossing off may run: the scan's look-up thread."""
+
+    def closed_on_error(self) -> AbstractContextManager[None]:
+        """Around the scan: a failed scan lets go of what the check holds."""
+
+    def findings(self, now: float) -> Iterable[Finding]: ...
+
+
+def lost_finding(row: StuckRow, now: float) -> Finding:
+    """A row still to run past the stuck age that no message crossed off."""
+    age = None if row.updated_at is None else max(0.0, now - row.updated_at)
+    return Finding(
+        FindingKind.LOST,
+        Reason.NO_MESSAGE,
+        row.celery_id or "",
+        "",
+        row.db_id,
+        Location(Where.DATABASE, state=row.status),
+        age_s=age,
+        detail=f"{row.row_kind} row '{row.status}' with no message",
+        row_kind=row.row_kind,
+    )
+
+
 class LostTracker:
     """Rows still to run past the stuck age; every message seen anywhere crosses its row off.
 
     Holding only the stuck candidates (not every id seen) keeps memory bounded by the number of
-    old pending rows rather than by the size of the queues.
+    old pending rows rather than by the size of the queues: the fallback where the database
+    cannot keep them (`ServerLostRows`), and the reference it is tested against.
     """
 
     def __init__(self, candidates: Iterable[StuckRow]):
@@ -190,6 +229,12 @@ class LostTracker:
 
     def __len__(self) -> int:
         return len(self._rows)
+
+    def run_on(self, pool: Executor) -> None:
+        """Crossing off in memory is quicker than handing it over: it stays where it is called."""
+
+    def closed_on_error(self) -> AbstractContextManager[None]:
+        return nullcontext()
 
     def saw(self, msg: Message) -> None:
         self.saw_ids(msg.row_kind, msg.db_id, msg.task_id)
@@ -216,20 +261,4 @@ class LostTracker:
             self._rows.pop(key, None)
 
     def findings(self, now: float) -> list[Finding]:
-        out = []
-        for row in self._rows.values():
-            age = None if row.updated_at is None else max(0.0, now - row.updated_at)
-            out.append(
-                Finding(
-                    FindingKind.LOST,
-                    Reason.NO_MESSAGE,
-                    row.celery_id or "",
-                    "",
-                    row.db_id,
-                    Location(Where.DATABASE, state=row.status),
-                    age_s=age,
-                    detail=f"{row.row_kind} row '{row.status}' with no message",
-                    row_kind=row.row_kind,
-                )
-            )
-        return out
+        return [lost_finding(row, now) for row in self._rows.values()]

@@ -30,7 +30,10 @@ from typing import Any
 from maintenance.core.envelope import Quick, quick_message
 from maintenance.core.models import Finding, FindingKind, Location, Message, Reason, Where
 
-RECENT_CHUNKS = 4  # chunks of a list whose ids are remembered to recognise a message read twice
+# Elements at the end of the list read so far whose ids are remembered, to recognise a message
+# read twice (pushes between two reads shift it into the next chunk); whole chunks are kept, as
+# many as cover this many elements, whatever size the reader chose for them.
+RECENT_ELEMENTS = 4000
 _TASK_ID, _TAG, _ETA, _EXPIRES = itemgetter(0), itemgetter(4), itemgetter(5), itemgetter(6)
 
 
@@ -77,7 +80,7 @@ class HazardWatch:
         # (task id -> delivery tag) of the last chunks of the list being read, newest last:
         # lists are read one after the other, so only the current one's are kept
         self._recent_key: str | None = None
-        self._recent: deque[dict[str, Any]] = deque(maxlen=RECENT_CHUNKS)
+        self._recent: deque[dict[str, Any]] = deque()
         self.duplicate_ids: set[str] = set()
 
     def queued(self, reads: list[Quick], place: Location, start: int) -> Iterator[Finding]:
@@ -90,6 +93,7 @@ class HazardWatch:
         else:
             yield from self._duplicates_in_chunk(reads, hashes, recent, place, start)
         recent.append(dict(zip(ids, map(_TAG, reads), strict=True)))
+        _keep_recent(recent)
         for offset in compress(count(), map(_ETA, reads)):
             yield from self._eta(quick_message(reads[offset], place, start + offset))
         for offset in compress(count(), map(_EXPIRES, reads)):
@@ -144,7 +148,7 @@ class HazardWatch:
 
     def _recent_for(self, key: str) -> deque[dict[str, Any]]:
         if key != self._recent_key:
-            self._recent_key, self._recent = key, deque(maxlen=RECENT_CHUNKS)
+            self._recent_key, self._recent = key, deque()
         return self._recent
 
     def _read_twice(self, key: str, task_id: str, tag: str) -> bool:
@@ -261,3 +265,10 @@ def first_taken(copies: Iterable[Finding], queue_order: list[str]) -> Finding | 
         return (order, loc.priority, -loc.index)
 
     return min(queued, key=rank)
+
+
+def _keep_recent(recent: deque[dict[str, Any]]) -> None:
+    """Drop the oldest chunks while the others still cover RECENT_ELEMENTS."""
+    total = sum(map(len, recent))
+    while len(recent) > 1 and total - len(recent[0]) >= RECENT_ELEMENTS:
+        total -= len(recent.popleft())

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from maintenance.core.finding_store import Findings
 from maintenance.core.models import Finding, FindingKind, Message, Where
 
 
@@ -24,7 +25,8 @@ class PlaceStats:
 class ScanReport:
     started_at: float
     finished_at: float = 0.0
-    findings: list[Finding] = field(default_factory=list)
+    # Bounded memory whatever their number: past a bound they wait in a temporary file.
+    findings: Findings = field(default_factory=Findings)
     places: dict[str, PlaceStats] = field(default_factory=dict)
     results_scanned: int = 0
     workers: tuple[str, ...] = ()
@@ -54,14 +56,19 @@ class ScanReport:
         return sum(s.managed for s in self.places.values())
 
     def counts(self) -> dict[str, int]:
-        counts = Counter(f.kind.value for f in self.findings)
-        return {kind.value: counts.get(kind.value, 0) for kind in FindingKind}
+        """Kept by the store as findings are added: no walk over a million findings."""
+        return {kind.value: self.findings.count_of(kind) for kind in FindingKind}
 
     def reasons(self) -> dict[str, int]:
-        return dict(Counter(f"{f.kind.value}:{f.reason.value}" for f in self.findings))
+        return self.findings.reason_counts()
 
-    def of_kind(self, kind: FindingKind) -> list[Finding]:
-        return [f for f in self.findings if f.kind is kind]
+    def of_kind(self, kind: FindingKind) -> KindView:
+        """The findings of one kind: iterable (again) and sized, never all in memory."""
+        return KindView(self.findings, kind)
+
+    def close(self) -> None:
+        """Release the findings' temporary file; the report has no findings after it."""
+        self.findings.close()
 
     def as_dict(self, with_findings: bool = True) -> dict[str, Any]:
         doc: dict[str, Any] = {
@@ -83,6 +90,22 @@ class ScanReport:
         if with_findings:
             doc["findings"] = [f.as_dict() for f in self.findings]
         return doc
+
+
+class KindView:
+    """The findings of one kind of a store, read from it on each iteration."""
+
+    def __init__(self, findings: Findings, kind: FindingKind):
+        self._findings, self._kind = findings, kind
+
+    def __iter__(self) -> Iterator[Finding]:
+        return self._findings.of_kind(self._kind)
+
+    def __len__(self) -> int:
+        return self._findings.count_of(self._kind)
+
+    def __bool__(self) -> bool:
+        return len(self) > 0
 
 
 def place_name(where: Where, queue: str = "", band: int = 0) -> str:

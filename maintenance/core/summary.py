@@ -8,10 +8,11 @@ bounded list of its most important findings), and the live view reads only that.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from maintenance.core.finding_store import FIRSTS_KEPT, Findings
 from maintenance.core.models import Finding, FindingKind
 from maintenance.core.report import ScanReport
 
@@ -125,26 +126,34 @@ class ScanSummary:
 
 
 def count_by_task_name(
-    findings: list[Finding], limit: int = TOP_TASK_NAMES
+    findings: Iterable[Finding], limit: int = TOP_TASK_NAMES
 ) -> dict[str, dict[str, int]]:
-    """Findings per kind and task name, the `limit` most frequent names of each kind."""
-    counts: dict[str, Counter[str]] = {}
-    for finding in findings:
-        if finding.task_name:
-            counts.setdefault(finding.kind.value, Counter())[finding.task_name] += 1
+    """Findings per kind and task name, the `limit` most frequent names of each kind. A store
+    has them counted already: a million stale results are not walked again."""
+    counts: dict[str, Counter[str]]
+    if isinstance(findings, Findings):
+        counts = findings.task_name_counts()
+    else:
+        counts = {}
+        for finding in findings:
+            if finding.task_name:
+                counts.setdefault(finding.kind.value, Counter())[finding.task_name] += 1
     return {kind: dict(names.most_common(limit)) for kind, names in sorted(counts.items())}
 
 
-def top_findings(findings: list[Finding], limit: int = TOP_FINDINGS) -> list[Finding]:
+def top_findings(findings: Iterable[Finding], limit: int = TOP_FINDINGS) -> list[Finding]:
     """Orphans first (they are what cleanup acts on), then lost rows, unreadable, stale results.
 
-    One pass keeping the first `limit` of each kind, in report order: sorting a million-message
-    scan's few hundred thousand findings to keep twenty took most of a second."""
+    The first `limit` of each kind, in report order: a store keeps them as findings are added,
+    other iterables take one pass (sorting a million findings to keep twenty took a second)."""
     firsts: dict[FindingKind, list[Finding]] = {}
-    for finding in findings:
-        kept = firsts.setdefault(finding.kind, [])
-        if len(kept) < limit:
-            kept.append(finding)
+    if isinstance(findings, Findings) and limit <= FIRSTS_KEPT:
+        firsts = {kind: found[:limit] for kind, found in findings.firsts().items()}
+    else:
+        for finding in findings:
+            kept = firsts.setdefault(finding.kind, [])
+            if len(kept) < limit:
+                kept.append(finding)
     ranked = [f for kind in sorted(firsts, key=_KIND_ORDER.__getitem__) for f in firsts[kind]]
     return ranked[:limit]
 

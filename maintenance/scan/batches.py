@@ -18,7 +18,7 @@ from operator import eq, itemgetter
 from typing import cast
 
 from maintenance.core.bindings import BindingTable
-from maintenance.core.diff import LostTracker, Verdicts, judge_message
+from maintenance.core.diff import LostCheck, Verdicts, judge_message
 from maintenance.core.envelope import (
     Quick,
     is_tombstone,
@@ -51,7 +51,7 @@ class LookupBatcher:
         bindings: BindingTable,
         report: ScanReport,
         pool: ThreadPoolExecutor,
-        lost: LostTracker,
+        lost: LostCheck,
         only: str | None,
         *,
         batch_size: int,
@@ -64,6 +64,7 @@ class LookupBatcher:
         self.report = report
         self.pool = pool
         self.lost = lost
+        lost.run_on(pool)  # crossing off, if it leaves the process, rides the look-up thread
         self.only = only
         self.batch_size = batch_size
         self.clock = clock

@@ -13,8 +13,9 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from maintenance.adapters.redis_reader import RedisReader
-from maintenance.core.diff import judge_result, result_verdict
-from maintenance.core.models import Finding, Progress
+from maintenance.core.diff import result_verdict
+from maintenance.core.finding_store import Findings, StaleRow, stale_row
+from maintenance.core.models import Progress, ResultMeta
 from maintenance.scan.forked import CAN_FORK, ForkedCall, Report, only_fork_safe_threads
 
 
@@ -22,7 +23,7 @@ from maintenance.scan.forked import CAN_FORK, ForkedCall, Report, only_fork_safe
 class ResultScan:
     """What the result-key scan found."""
 
-    findings: list[Finding] = field(default_factory=list)
+    findings: Findings = field(default_factory=Findings)
     notes: list[str] = field(default_factory=list)
     scanned: int = 0
 
@@ -35,8 +36,10 @@ def scan_results(
     report: Report,
     stop: threading.Event | None = None,
 ) -> list[str]:
-    """Reports (keys read, findings) per SCAN batch as it goes, so that a forked child never
-    holds them all; returns the notes of a `--task-id` scan."""
+    """Reports (keys read, stale rows) per SCAN batch as it goes, so that a forked child never
+    holds them all; returns the notes of a `--task-id` scan. A stale key travels as a tuple of
+    five plain values (`StaleRow`): pickling a Finding dataclass and its Location through the
+    pipe, and unpickling it in the parent, cost more than reading the key."""
 
     def maybe_stale(date_done: float | None, ttl_s: int) -> bool:
         return result_verdict(date_done, ttl_s, now, retention_s) is not None
@@ -47,17 +50,27 @@ def scan_results(
     for read, chunk in reader.iter_result_chunks(keep):
         if stop is not None and stop.is_set():
             break
-        findings = []
+        rows = []
         for meta in chunk:
             if only is not None and meta.task_id != only:
                 continue
-            finding = judge_result(meta, now, retention_s)
-            if finding is not None:
-                findings.append(finding)
+            row = judge_result_row(meta, now, retention_s)
+            if row is not None:
+                rows.append(row)
             elif only is not None:
                 notes.append(f"result {meta.status} at {meta.key}")
-        report((read, findings))
+        report((read, rows))
+        del chunk, rows  # gc is paused: drop the batch before the next one is read
     return notes
+
+
+def judge_result_row(meta: ResultMeta, now: float, retention_s: float) -> StaleRow | None:
+    """`core.diff.judge_result` in compact form: the store makes the same Finding when read."""
+    reason = result_verdict(meta.date_done, meta.ttl_s, now, retention_s)
+    if reason is None:
+        return None
+    age = None if meta.date_done is None else max(0.0, now - meta.date_done)
+    return stale_row(reason, meta.task_id, meta.key, meta.status, age)
 
 
 class BackgroundResults:
@@ -78,10 +91,10 @@ class BackgroundResults:
         else:
             self._job = side.submit(work, self._add, self._stop)
 
-    def _add(self, part: tuple[int, list[Finding]]) -> None:
+    def _add(self, part: tuple[int, list[StaleRow]]) -> None:
         """On the side thread, per SCAN batch; the main thread reads only `scanned` meanwhile."""
-        read, findings = part
-        self.found.findings.extend(findings)
+        read, rows = part
+        self.found.findings.extend_stale(rows)
         self.found.scanned += read
 
     def wait(self, progress: Progress) -> ResultScan:

@@ -12,7 +12,14 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from maintenance.adapters.redis_layout import BrokerLayout, ResultLayout
-from maintenance.adapters.redis_reader import RedisReader, parse_timestamp
+from maintenance.adapters.redis_reader import (
+    FIRST_LIST_CHUNK,
+    LIST_CHUNK_BYTES,
+    LIST_CHUNK_MIN,
+    RedisReader,
+    list_chunk_size,
+    parse_timestamp,
+)
 from maintenance.errors import BrokerUnavailable
 from tests.conftest import producer_app
 from tests.servers import free_port
@@ -42,6 +49,32 @@ def test_iter_list_reads_each_element_once(redis_client: redis.Redis, count: int
         assert 0 < len(chunk) <= 100
         seen.extend(chunk)
     assert seen == [str(i).encode() for i in range(count)]
+
+
+def test_iter_list_sizes_reads_by_bytes(redis_client: redis.Redis) -> None:
+    """Big messages are read a few at a time (each LRANGE copies about LIST_CHUNK_BYTES, so
+    none holds Redis long), still every element once, in order, with exact start indexes."""
+    body = b"x" * 20_000
+    count = 450
+    redis_client.rpush("big", *(b"%d:" % i + body for i in range(count)))
+    seen: list[bytes] = []
+    sizes = []
+    for start, chunk in reader_for(redis_client, chunk_size=1000, depth=2).iter_list("big"):
+        assert start == len(seen)
+        sizes.append(len(chunk))
+        seen.extend(chunk)
+    assert seen == [b"%d:" % i + body for i in range(count)]
+    assert sizes[0] == FIRST_LIST_CHUNK  # before their size is known
+    per_read = LIST_CHUNK_BYTES // (len(body) + 3)
+    assert set(sizes[2:-1]) == {per_read}  # sized by the messages read
+    assert sizes[-1] <= per_read
+
+
+def test_list_chunk_size_bounds() -> None:
+    assert list_chunk_size(1_200, 1000) == min(1000, LIST_CHUNK_BYTES // 1_200)
+    assert list_chunk_size(100, 1000) == 1000  # small messages: the configured chunk
+    assert list_chunk_size(50_000_000, 1000) == LIST_CHUNK_MIN  # never fewer
+    assert list_chunk_size(50_000_000, 10) == 10  # nor more than configured
 
 
 def test_list_lengths(redis_client: redis.Redis) -> None:

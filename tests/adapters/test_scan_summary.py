@@ -10,7 +10,7 @@ from maintenance.core.report import ScanReport
 
 
 def report_with(*, at: float = 100.0) -> ScanReport:
-    report = ScanReport(started_at=at - 2, finished_at=at, findings=[])
+    report = ScanReport(started_at=at - 2, finished_at=at)
     report.place("q").messages = 5
     return report
 

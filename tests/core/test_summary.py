@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from maintenance.core.finding_store import Findings
 from maintenance.core.models import Finding, FindingKind, Location, Reason, Where
 from maintenance.core.report import ScanReport
 from maintenance.core.summary import ScanSummary, top_findings, trend
@@ -14,7 +15,7 @@ def finding(kind: FindingKind, reason: Reason, task_id: str) -> Finding:
 
 
 def report_with(*findings: Finding, at: float = 100.0) -> ScanReport:
-    report = ScanReport(started_at=at - 2, finished_at=at, findings=list(findings))
+    report = ScanReport(started_at=at - 2, finished_at=at, findings=Findings(findings))
     report.place("q").messages = 5
     return report
 
