@@ -165,8 +165,8 @@ class Applier:
         else:
             depth = self.settings.cleanup.compact_depth
             removed = self.quarantine.compact(key, tombstone, depth).removed
-        if removed:
-            self.done["tombstones_compacted"] += removed  # what LREM said it removed, no more
+        # The tombstones removed are part of the quarantine (as they always were); only those
+        # still queued are worth a count of their own.
         if placed > removed:
             self.done["tombstones_left"] += placed - removed
         return removed
