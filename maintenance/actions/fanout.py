@@ -80,7 +80,7 @@ class LeaseGuard:
             self.check()
 
 
-class FindingStore:
+class PartFindingsList:
     """A part's findings, when many: a Redis list under our own prefix, expiring with the run."""
 
     def __init__(self, adapters: Adapters, run_id: str, ttl_s: float):
@@ -251,7 +251,7 @@ def run_part(
         session.validated = True
         try:
             guard.check()  # what it found counts only if the run still held the lock at the end
-            stored = FindingStore(adapters, run_id, ttl_s).put(part.name, report.findings)
+            stored = PartFindingsList(adapters, run_id, ttl_s).put(part.name, report.findings)
             return fanout.part_result(part.name, report, reconciler.seen_held, stored)
         finally:
             report.close()
@@ -280,7 +280,7 @@ def merge_parts(
         guard = LeaseGuard(adapters, run_id, clock)
         guard.check()
         held = _judge_held(session, view, parts, guard, clock)
-        store = FindingStore(adapters, run_id, ttl_s)
+        store = PartFindingsList(adapters, run_id, ttl_s)
         try:
             stored = store.put(fanout.HELD_PART, held.findings)
             held_doc = fanout.part_result(fanout.HELD_PART, held, (), stored)
@@ -395,7 +395,7 @@ class FanOutScan:
         doc = self._wait({merged.id: "merge", **names}, merged, started, guard, pending_ok=True)
         if not doc["ok"]:
             raise FanOutFailed(f"fan-out part failed: {', '.join(doc['failed'])}")
-        store = FindingStore(self.adapters, run_id, ttl_s)
+        store = PartFindingsList(self.adapters, run_id, ttl_s)
         report = fanout.merge(doc["parts"], store.load)
         store.drop(doc["parts"])
         log.info("fan-out scan merged", parts=len(parts) + 1, **report.counts())

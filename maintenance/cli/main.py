@@ -14,19 +14,6 @@ from importlib.metadata import PackageNotFoundError, version
 import click
 
 from maintenance.cli.base import CliState, Group, SettingsHook, SettingsLoader, run_standalone
-from maintenance.cli.cleanup_commands import (
-    cleanup,
-    history,
-    init_db,
-    quick_fix,
-    restore,
-    revoke,
-)
-from maintenance.cli.commands import check, completion
-from maintenance.cli.config_commands import config_group
-from maintenance.cli.lock_commands import lock
-from maintenance.cli.monitor.commands import monitor, notify
-from maintenance.cli.queue_commands import purge, queues
 
 PROG = "task-cleanup"
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -35,21 +22,23 @@ EXIT_CODES = (
     "config error, 3 Redis or database unavailable, 4 another run holds the lock, 70 internal "
     "error."
 )
-COMMANDS = (
-    check,
-    cleanup,
-    quick_fix,
-    revoke,
-    restore,
-    history,
-    init_db,
-    lock,
-    monitor,
-    notify,
-    config_group,
-    queues,
-    purge,
-)
+# Each command is imported when it is asked for (`Group`): name → "module:attribute".
+COMMANDS = {
+    "check": "maintenance.cli.commands:check",
+    "cleanup": "maintenance.cli.cleanup_commands:cleanup",
+    "quick-fix": "maintenance.cli.cleanup_commands:quick_fix",
+    "revoke": "maintenance.cli.cleanup_commands:revoke",
+    "restore": "maintenance.cli.cleanup_commands:restore",
+    "history": "maintenance.cli.cleanup_commands:history",
+    "init-db": "maintenance.cli.cleanup_commands:init_db",
+    "lock": "maintenance.cli.lock_commands:lock",
+    "monitor": "maintenance.cli.monitor.commands:monitor",
+    "notify": "maintenance.cli.monitor.commands:notify",
+    "config": "maintenance.cli.config_commands:config_group",
+    "queues": "maintenance.cli.queue_commands:queues",
+    "purge": "maintenance.cli.queue_commands:purge",
+    "completion": "maintenance.cli.commands:completion",
+}
 
 
 def package_version() -> str:
@@ -74,6 +63,7 @@ def make_group(
     @click.group(
         name=name,
         cls=Group,
+        lazy=COMMANDS,
         context_settings=CONTEXT,
         epilog=EXIT_CODES,
         help="Keep a database task table and Celery's Redis state consistent.",
@@ -104,8 +94,6 @@ def make_group(
             load=load,
         )
 
-    for command in (*COMMANDS, completion):
-        group.add_command(command)
     return group
 
 

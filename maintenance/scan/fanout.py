@@ -9,8 +9,9 @@ takes every id that does not start with a lowercase hex digit (uppercase, other 
 prefix). Each key's first character falls in exactly one character class, so no key is read by
 two shards and none by no shard (tests/scan/test_fanout.py proves it on real Redis).
 
-What a part found travels as a JSON document (`part_result`); its findings inline when few, else
-in a Redis list of our own (`FindingStore`, written by actions/fanout.py) that the document names.
+What a part found travels as a JSON document (`part_result`); its findings inline when few,
+else in a Redis list of our own (`PartFindingsList`, written by actions/fanout.py) that the
+document names.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from collections.abc import Set as AbstractSet
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import dataclass, replace
 from itertools import islice
 
@@ -32,6 +32,7 @@ from maintenance.core.models import FindingKind, Location, Progress, Where
 from maintenance.core.report import ScanReport, place_name
 from maintenance.scan.batches import LookupBatcher
 from maintenance.scan.results import BackgroundResults, ResultScan, scan_results
+from maintenance.scan.seen_hashes import SpillingHashes
 
 log = structlog.get_logger(__name__)
 LOGGED_FINDINGS_MAX = 1000  # one line per orphan in the log file, up to this many
@@ -128,8 +129,10 @@ class Reconciler:
         if scope.validate:
             self.db.validate()
         lost = self._lost_tracker(report) if scope.lost else _no_lost_check(report)
+        seen = SpillingHashes()
         # Exits run in reverse: the look-up thread finishes before its connection closes.
         with (
+            closing(seen),
             lost.closed_on_error(),
             self.db.pinned_verdicts() as verdicts,
             ThreadPoolExecutor(max_workers=1, thread_name_prefix="results") as side,
@@ -149,7 +152,7 @@ class Reconciler:
                     only,
                     batch_size=self.settings.database.batch_size,
                     clock=self.clock,
-                    hazards=self._hazard_watch(report),
+                    hazards=self._hazard_watch(report, seen),
                     inventory=inventory,
                 )
                 self._scan_queues(batcher, report, asked, inventory, scope.queues)
@@ -188,13 +191,14 @@ class Reconciler:
         self._log(report)
         return report
 
-    def _hazard_watch(self, report: ScanReport) -> HazardWatch | None:
+    def _hazard_watch(self, report: ScanReport, seen: SpillingHashes) -> HazardWatch | None:
         if not self.settings.scan.hazards:
             return None
         return HazardWatch(
             now=report.started_at,
             visibility_timeout_s=self.reader.layout.visibility_timeout_s,
             scan_started_at=report.started_at,
+            seen=seen,
         )
 
     def _lost_tracker(self, report: ScanReport) -> LostCheck:

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import click
 import pytest
 import sqlalchemy as sa
 from celery import Celery
@@ -32,7 +33,7 @@ def celery_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[s
     )
 
 
-@pytest.mark.parametrize("name", sorted(c.name or "" for c in COMMANDS))
+@pytest.mark.parametrize("name", sorted(COMMANDS))
 def test_every_command_has_help_with_examples(name: str) -> None:
     result = run_cli(name, "--help")
     assert result.returncode == 0, result.stderr
@@ -104,9 +105,30 @@ def test_completion_scripts() -> None:
     assert "plain,check" in answer.stdout.splitlines()
 
 
-def test_every_command_is_registered_once() -> None:
-    names = sorted(cli.commands)
-    assert names == sorted([*(c.name or "" for c in COMMANDS), "completion"])
+def test_every_command_is_listed_and_loads_under_its_own_name() -> None:
+    ctx = click.Context(cli)
+    assert cli.list_commands(ctx) == sorted(COMMANDS)
+    for name in COMMANDS:
+        command = cli.get_command(ctx, name)
+        assert command is not None and command.name == name
+
+
+def test_check_imports_only_what_a_check_needs() -> None:
+    """Commands load when asked for: a check does not import the monitor, the cleanup run or
+    the config wizard (most of a small check's wall time was imports)."""
+    probe = (
+        "import sys; from maintenance.cli.main import main; "
+        "code = main(['check', '--help']); "
+        "print(sorted(m for m in sys.modules if m.startswith('maintenance.cli.')))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    loaded = result.stdout.strip().splitlines()[-1]
+    assert "maintenance.cli.commands" in loaded
+    for module in ("monitor", "cleanup_commands", "config_commands", "queue_commands"):
+        assert f"maintenance.cli.{module}" not in loaded
 
 
 def test_celery_maintenance_check_reads_the_broker_of_the_app(
