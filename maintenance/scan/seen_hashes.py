@@ -11,9 +11,10 @@ cache is bounded, so memory stays flat whatever the number of messages:
 - those are written `flush_every` at a time, sorted, so that a flush walks the B-tree once in
   order instead of touching a random page per id.
 
-Exact either way: a hash, not the id, is kept, and two ids with one hash would only be taken
-for copies of each other. A cleanup never removes a copy on that alone: it reads every copy of
-the ids found (scan/copies.py) and keeps one per task id.
+The set and the file give the same answers. Both keep a 64-bit hash, not the id: two ids with
+one hash (about one chance in a million among ten million ids) would be reported as copies of
+each other, but a cleanup never removes a copy on that alone: it reads every copy of the ids
+found (scan/copies.py) and keeps one per task id.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from collections.abc import Sequence
 
 from maintenance.core.hazards import MemoryHashes
 
-MEMORY_LIMIT = 1_500_000  # ids kept in a set (~150 MiB) before all go to the file
+MEMORY_LIMIT = 1_500_000  # ids kept in a set (~110 MiB) before all go to the file
 FLUSH_EVERY = 200_000  # ids not yet written, at most
 CACHE_KIB = 32 * 1024  # SQLite's page cache: what the file may take of memory
 LOOKUP_CHUNK = 900  # ids per SELECT (SQLite allows 32,766 parameters)
@@ -73,8 +74,9 @@ class SpillingHashes:
 
     def _spill(self) -> None:
         assert self._memory is not None
-        # "": a private temporary database on disk (in SQLITE_TMPDIR/TMPDIR), deleted on close.
-        # Never shared, never read by anyone else: no journal, no syncing.
+        # "": a private temporary database on disk, deleted on close, in SQLite's temporary
+        # directory (SQLITE_TMPDIR, TMPDIR, else the first writable of /var/tmp, /usr/tmp,
+        # /tmp). Never shared, never read by anyone else: no journal, no syncing.
         db = sqlite3.connect("", isolation_level=None, check_same_thread=True)
         for pragma in (
             "journal_mode = OFF",
