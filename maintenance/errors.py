@@ -1,5 +1,8 @@
 """Our own exceptions: adapters translate driver errors into these at the boundary."""
 
+import os
+import tempfile
+
 
 class MaintenanceError(Exception):
     """Base class for every error this package raises on purpose."""
@@ -29,6 +32,22 @@ class BrokerUnavailable(UnavailableError):
 
 class DatabaseUnavailable(UnavailableError):
     """The database failed or timed out."""
+
+
+class ScratchUnavailable(UnavailableError):
+    """The local temporary directory, where a big scan spills its findings and task-id hashes,
+    could not be written or read (full, missing, not writable): the scan cannot go on."""
+
+    @classmethod
+    def from_error(cls, exc: BaseException) -> "ScratchUnavailable":
+        try:
+            where = tempfile.gettempdir()  # TMPDIR, else /tmp: SQLite's first choices too
+        except OSError:  # it tries a file in each candidate: none took one
+            where = os.environ.get("TMPDIR") or "/tmp"
+        return cls(
+            f"cannot use the temporary directory {where} for the scan's spill files: {exc}. "
+            "Free space there, or point TMPDIR at a larger directory."
+        )
 
 
 class LockHeld(MaintenanceError):

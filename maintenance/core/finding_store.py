@@ -23,6 +23,7 @@ from itertools import islice
 from typing import IO, Any, overload
 
 from maintenance.core.models import Finding, FindingKind, Location, Reason, Where
+from maintenance.errors import ScratchUnavailable
 
 MEMORY_LIMIT = 20_000  # findings held in memory per store; the rest go to the temporary file
 BATCH_SIZE = 4_000  # findings per pickled batch: one write, one read each
@@ -147,8 +148,12 @@ class _Chunk:
         if self.records is not None:
             return self.records
         assert self.file is not None  # a chunk is either in memory or in a file
-        self.file.seek(self.offset)
-        loaded: list[_Record] = pickle.loads(self.file.read(self.size))
+        try:
+            self.file.seek(self.offset)
+            data = self.file.read(self.size)
+        except OSError as exc:  # a write still buffered fails here: the disk filled up
+            raise ScratchUnavailable.from_error(exc) from exc
+        loaded: list[_Record] = pickle.loads(data)
         return loaded
 
 
@@ -280,11 +285,14 @@ class Findings(Sequence[Finding]):
             [r if isinstance(r, tuple) else _encode(r) for r in records],
             protocol=pickle.HIGHEST_PROTOCOL,
         )
-        if self._file is None:  # closed by `close` or `__del__`, not by a with block
-            self._file = tempfile.TemporaryFile(prefix="task-cleanup-findings-")  # noqa: SIM115
-            self._files.append(self._file)
-        offset = self._file.seek(0, 2)
-        self._file.write(data)
+        try:
+            if self._file is None:  # closed by `close` or `__del__`, not by a with block
+                self._file = tempfile.TemporaryFile(prefix="task-cleanup-findings-")  # noqa: SIM115
+                self._files.append(self._file)
+            offset = self._file.seek(0, 2)  # flushes the last batch: a full disk fails here
+            self._file.write(data)
+        except OSError as exc:
+            raise ScratchUnavailable.from_error(exc) from exc
         self._chunks.append(
             _Chunk(len(records), kinds, file=self._file, offset=offset, size=len(data))
         )

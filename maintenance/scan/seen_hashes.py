@@ -23,6 +23,7 @@ import sqlite3
 from collections.abc import Sequence
 
 from maintenance.core.hazards import MemoryHashes
+from maintenance.errors import ScratchUnavailable
 
 MEMORY_LIMIT = 1_500_000  # ids kept in a set (~110 MiB) before all go to the file
 FLUSH_EVERY = 200_000  # ids not yet written, at most
@@ -52,6 +53,12 @@ class SpillingHashes:
         return self._db is not None
 
     def add_chunk(self, hashes: Sequence[int]) -> set[int]:
+        try:
+            return self._add_chunk(hashes)
+        except sqlite3.OperationalError as exc:  # disk full, I/O error, cannot open the file
+            raise ScratchUnavailable.from_error(exc) from exc
+
+    def _add_chunk(self, hashes: Sequence[int]) -> set[int]:
         if self._memory is not None:
             before = self._memory.add_chunk(hashes)
             if len(self._memory) > self.memory_limit:
