@@ -298,7 +298,8 @@ def fill(
     n: int, redis_url: str, admin_db_url: str, seed: int = 1, shape: Shape = DEFAULT_SHAPE
 ) -> tuple[str, Planted]:
     """Flush Redis, recreate the database, fill both. Returns the database URL and the plan."""
-    client = redis.Redis.from_url(redis_url)
+    # redis-py 8 waits 5 s for a reply by default: FLUSHALL of a 5 GiB Redis takes longer.
+    client = redis.Redis.from_url(redis_url, socket_timeout=600)
     client.flushall()
     app = producer_app(redis_url, result_expires=RESULT_EXPIRES_S)
     kinds = shape.kinds()

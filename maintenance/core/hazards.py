@@ -10,7 +10,7 @@
 
 Fed a chunk at a time by the scan. Duplicates are found with the task-id hashes seen so far
 (`SeenHashes`: a set here, C-level set operations on the usual chunk and no per-message Python;
-the scan gives one that moves to a file past 1.5 million, scan/seen_hashes.py, so that memory
+the scan gives one that moves to a file past 1.2 million, scan/seen_hashes.py, so that memory
 stays flat in the number of messages). A scan of a moving list reads some
 messages twice (producers push at the head, so indexes grow between two reads), and a message a
 worker takes during the scan is seen queued and then unacked: neither is a duplicate, since both
@@ -86,7 +86,7 @@ class SeenHashes(Protocol):
 
 
 class MemoryHashes:
-    """A set: the fastest, and what a scan of up to 1.5 million messages uses."""
+    """A set: the fastest, and what a scan of up to 1.2 million messages uses."""
 
     def __init__(self) -> None:
         self.hashes: set[int] = set()

@@ -9,7 +9,14 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.dialects import mysql
 
-from maintenance.adapters.id_coercion import IdCoercer, fits_charset, pg_array_literal, text_fold
+from maintenance.adapters.id_coercion import (
+    _NEEDS_QUOTES,
+    IdCoercer,
+    _needs_quotes,
+    fits_charset,
+    pg_array_literal,
+    text_fold,
+)
 
 
 @pytest.mark.parametrize(
@@ -29,7 +36,14 @@ from maintenance.adapters.id_coercion import IdCoercer, fits_charset, pg_array_l
             "null",
             "nullx",
             "ünï",
+            "tab\there",
+            "new\nline",
+            "\x0bvt",
+            "\x1cfs",
+            "Null",
+            "nbsp\u00a0x",
         ],
+        ["plain", "NuLl", "x"],
     ],
 )
 def test_pg_array_literal_round_trips(database_url: str, values: list[object]) -> None:
@@ -42,6 +56,27 @@ def test_pg_array_literal_round_trips(database_url: str, values: list[object]) -
         ).scalar_one()
     engine.dispose()
     assert got == values
+
+
+def test_the_quick_quoting_test_agrees_with_the_pattern() -> None:
+    """`_needs_quotes` is `_NEEDS_QUOTES.search` made fast: the same answer for every ASCII
+    character in an id, at each end, and for "null" in any case as an element or within one."""
+    samples = [
+        "a,b",
+        "null",
+        "a,NULL",
+        "NuLl,b",
+        "a,nullx",
+        "xnull,b",
+        "a,null,b",
+        "ünull",
+        "é,null",
+    ]
+    for code in range(128):
+        c = chr(code)
+        samples += [c, f"a{c}b", f"{c},x", f"x,{c}", f"é{c}"]
+    for joined in samples:
+        assert _needs_quotes(joined) == bool(_NEEDS_QUOTES.search(joined)), repr(joined)
 
 
 @pytest.mark.parametrize(

@@ -8,14 +8,19 @@ import pytest
 
 from maintenance.core.hazards import HazardWatch, MemoryHashes
 from maintenance.core.models import Location, Message, Where
-from maintenance.scan.seen_hashes import SpillingHashes
+from maintenance.scan.seen_hashes import BitFilter, SpillingHashes
 from tests.core.test_hazards import NOW, PLACE, VT, read
 
 
-def test_every_answer_matches_a_plain_set_across_the_spill_and_the_flushes() -> None:
+@pytest.mark.parametrize("filter_bits", [27, 6], ids=["sparse-filter", "crowded-filter"])
+def test_every_answer_matches_a_plain_set_across_the_spill_and_the_flushes(
+    filter_bits: int,
+) -> None:
+    """With a filter of 64 bits nearly every hash is a candidate for the file's look-up; with
+    2**27 nearly none is: the answers are the set's either way."""
     rng = random.Random(7)
     reference: set[int] = set()
-    seen = SpillingHashes(memory_limit=300, flush_every=120)
+    seen = SpillingHashes(memory_limit=300, flush_every=120, filter_bits=filter_bits)
     try:
         for round_ in range(60):
             # new values, some seen long ago (written to the file), some just now (not yet
@@ -35,6 +40,14 @@ def test_every_answer_matches_a_plain_set_across_the_spill_and_the_flushes() -> 
         assert len(reference) > 300 + 2 * 120
     finally:
         seen.close()
+
+
+def test_a_clear_bit_means_never_seen_and_a_repeat_is_a_candidate() -> None:
+    bits = BitFilter(10)
+    assert bits.seen_before([1, 2, 3]) == []
+    # 1 again, 1 + 2**10 shares its low bits (a false candidate), 5 is new, 5 twice in the call
+    assert bits.seen_before([1, 1 + 2**10, 5, 5, -7]) == [1, 1 + 2**10, 5]
+    assert bits.seen_before([-7, 2**10 - 7]) == [-7, 2**10 - 7]  # -7 & mask == 2**10 - 7
 
 
 def test_small_scans_stay_in_memory() -> None:
