@@ -87,6 +87,33 @@ def stale_result_dict(row: StaleRow) -> dict[str, Any]:
     }
 
 
+@dataclass(frozen=True)
+class PackedStale:
+    """A batch of stale rows already pickled, with what the store's tally needs of it.
+
+    The result scan's child pickles each batch once (it must, to send it through the pipe);
+    the parent then writes those bytes to its file as one spilled batch as they are, instead of
+    unpickling a million rows only to pickle them again on the core the queue scan needs."""
+
+    data: bytes  # pickle of list[StaleRow]: the form of a spilled batch
+    count: int
+    reasons: dict[str, int]  # reason value -> rows, first seen first
+    head: list[StaleRow]  # the first rows, for the store's first findings of the kind
+
+    @classmethod
+    def pack(cls, rows: list[StaleRow]) -> PackedStale:
+        return cls(
+            pickle.dumps(rows, protocol=pickle.HIGHEST_PROTOCOL),
+            len(rows),
+            dict(Counter(row[0] for row in rows)),
+            rows[:FIRSTS_KEPT],
+        )
+
+    def rows(self) -> list[StaleRow]:
+        rows: list[StaleRow] = pickle.loads(self.data)  # our own child's bytes, never a stranger's
+        return rows
+
+
 def _encode(finding: Finding) -> tuple[Any, ...]:
     """A Finding as a tuple of plain values: a fraction of the pickle of the dataclass."""
     loc = finding.location
@@ -184,6 +211,14 @@ class _Tally:
         for row in rows[: max(0, FIRSTS_KEPT - len(kept))]:
             kept.append(stale_result_finding(row))
 
+    def add_packed(self, batch: PackedStale) -> None:
+        self.kinds[_STALE] += batch.count
+        for reason, n in batch.reasons.items():
+            self.reasons[f"stale_result:{reason}"] += n
+        kept = self.firsts.setdefault(_STALE, [])
+        for row in batch.head[: max(0, FIRSTS_KEPT - len(kept))]:
+            kept.append(stale_result_finding(row))
+
     def merge(self, other: _Tally) -> None:
         self.kinds.update(other.kinds)
         self.reasons.update(other.reasons)
@@ -251,6 +286,19 @@ class Findings(Sequence[Finding]):
         if len(self._tail) >= self._batch_size:
             self._seal()
 
+    def extend_packed(self, batch: PackedStale) -> None:
+        """`extend_stale(batch.rows())`, but once the memory is full the batch goes to the file
+        as the bytes it came in: the same records, in the same order, never unpickled here."""
+        if not batch.count:
+            return
+        if self._in_memory + len(self._tail) + batch.count <= self._memory_limit - self._batch_size:
+            self.extend_stale(batch.rows())
+            return
+        self._seal()  # what came before stays before
+        self._tally.add_packed(batch)
+        self._len += batch.count
+        self._write(batch.data, batch.count, {_STALE})
+
     def absorb(self, other: Findings) -> None:
         """Append all of `other`'s findings, taking over its batches (and its file) rather
         than re-reading them; `other` is left empty."""
@@ -285,6 +333,10 @@ class Findings(Sequence[Finding]):
             [r if isinstance(r, tuple) else _encode(r) for r in records],
             protocol=pickle.HIGHEST_PROTOCOL,
         )
+        self._write(data, len(records), kinds)
+
+    def _write(self, data: bytes, count: int, kinds: set[FindingKind]) -> None:
+        """A pickled batch of `count` records to the end of the file, as a chunk."""
         try:
             if self._file is None:  # closed by `close` or `__del__`, not by a with block
                 self._file = tempfile.TemporaryFile(prefix="task-cleanup-findings-")  # noqa: SIM115
@@ -293,9 +345,7 @@ class Findings(Sequence[Finding]):
             self._file.write(data)
         except OSError as exc:
             raise ScratchUnavailable.from_error(exc) from exc
-        self._chunks.append(
-            _Chunk(len(records), kinds, file=self._file, offset=offset, size=len(data))
-        )
+        self._chunks.append(_Chunk(count, kinds, file=self._file, offset=offset, size=len(data)))
 
     # -- reading -------------------------------------------------------------------------
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from maintenance.adapters.redis_reader import RedisReader
 from maintenance.core.diff import result_verdict
-from maintenance.core.finding_store import Findings, StaleRow, stale_row
+from maintenance.core.finding_store import Findings, PackedStale, StaleRow, stale_row
 from maintenance.core.models import Progress, ResultMeta
 from maintenance.scan.forked import CAN_FORK, ForkedCall, Report, only_fork_safe_threads
 
@@ -36,10 +36,11 @@ def scan_results(
     report: Report,
     stop: threading.Event | None = None,
 ) -> list[str]:
-    """Reports (keys read, stale rows) per SCAN batch as it goes, so that a forked child never
-    holds them all; returns the notes of a `--task-id` scan. A stale key travels as a tuple of
-    five plain values (`StaleRow`): pickling a Finding dataclass and its Location through the
-    pipe, and unpickling it in the parent, cost more than reading the key."""
+    """Reports (keys read, stale rows packed) per SCAN batch as it goes, so that a forked child
+    never holds them all; returns the notes of a `--task-id` scan. A stale key travels as a
+    tuple of five plain values (`StaleRow`): pickling a Finding dataclass and its Location
+    through the pipe, and unpickling it in the parent, cost more than reading the key. The
+    batch is pickled here, once (`PackedStale`): the parent files it without unpickling it."""
 
     def maybe_stale(date_done: float | None, ttl_s: int) -> bool:
         return result_verdict(date_done, ttl_s, now, retention_s) is not None
@@ -59,7 +60,7 @@ def scan_results(
                 rows.append(row)
             elif only is not None:
                 notes.append(f"result {meta.status} at {meta.key}")
-        report((read, rows))
+        report((read, PackedStale.pack(rows)))
         del chunk, rows  # gc is paused: drop the batch before the next one is read
     return notes
 
@@ -91,10 +92,10 @@ class BackgroundResults:
         else:
             self._job = side.submit(work, self._add, self._stop)
 
-    def _add(self, part: tuple[int, list[StaleRow]]) -> None:
+    def _add(self, part: tuple[int, PackedStale]) -> None:
         """On the side thread, per SCAN batch; the main thread reads only `scanned` meanwhile."""
         read, rows = part
-        self.found.findings.extend_stale(rows)
+        self.found.findings.extend_packed(rows)
         self.found.scanned += read
 
     def wait(self, progress: Progress) -> ResultScan:

@@ -77,10 +77,15 @@ def described(findings: Any) -> list[tuple[Any, ...]]:
     return sorted(out, key=repr)
 
 
-def test_same_findings_as_in_memory(db: TaskDatabase) -> None:
+@pytest.mark.parametrize("cross_every", [1_000_000, 3], ids=["at-the-end", "every-3-ids"])
+def test_same_findings_as_in_memory(
+    db: TaskDatabase, monkeypatch: pytest.MonkeyPatch, cross_every: int
+) -> None:
     """Every way a sighting crosses a row off (or does not), through the temp table and in
     memory: by id, by Celery id, sub-task ids and other row kinds never, ids compared exactly
-    (case, trailing spaces: as `str` renders them), ids no text column can hold ignored."""
+    (case, trailing spaces: as `str` renders them), ids no text column can hold ignored.
+    PostgreSQL crosses the ids seen off in bulk: once at the end, or every few ids."""
+    monkeypatch.setattr(lost_rows, "CROSS_EVERY", cross_every)
     old = utcnow() - OLD
     ids = {name: f"{name}-{new_id()}"[:36] for name in "abcdefghij"}
     rows = [
@@ -128,12 +133,13 @@ def test_same_findings_as_in_memory(db: TaskDatabase) -> None:
     assert {f[3] for f in expected} >= {ids[k] for k in "cdefgj"}
     assert {f[3] for f in expected}.isdisjoint({ids[k] for k in "abhi"})
     assert described(server.findings(later)) == expected
-    with db.engine.connect() as conn:  # the table went with the check
+    with db.engine.connect() as conn:  # the tables went with the check
         if conn.dialect.name == "postgresql":
-            left = conn.execute(
-                sa.text("SELECT count(*) FROM pg_class WHERE relname = :n"), {"n": lost_rows.TABLE}
-            ).scalar()
-            assert left == 0
+            for name in (lost_rows.TABLE, *lost_rows.SEEN_TABLES.values()):
+                left = conn.execute(
+                    sa.text("SELECT count(*) FROM pg_class WHERE relname = :n"), {"n": name}
+                ).scalar()
+                assert left == 0, name
 
 
 def test_crossing_off_is_flushed_in_batches(
@@ -151,6 +157,17 @@ def test_crossing_off_is_flushed_in_batches(
         assert len(server._db_ids) == 0  # sent
         server.saw_many([("t", "task", r["id"], "", None, None, None) for r in rows[20:25]])
     assert {f.db_id for f in server.findings(time.time())} == {r["id"] for r in rows[25:]}
+
+
+def test_ids_still_held_at_the_end_are_crossed_off_before_the_findings(db: TaskDatabase) -> None:
+    """Fewer ids seen than candidates: PostgreSQL holds them all until the end, and they still
+    cross their rows off before anything is reported lost."""
+    old = utcnow() - OLD
+    rows = [{"id": new_id(), "status": "pending", "updated_at": old} for _ in range(10)]
+    insert(db, rows)
+    server = ServerLostRows.open(db, STUCK_S, time.time())
+    server.saw_many([("t", "task", r["id"], "", None, None, None) for r in rows[:3]])
+    assert {f.db_id for f in server.findings(time.time())} == {r["id"] for r in rows[3:]}
 
 
 def test_nothing_is_sent_once_no_candidate_is_left(db: TaskDatabase) -> None:

@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pexpect
 
 from maintenance.cli.progress import ProgressLine
+from maintenance.core.finding_store import PackedStale
 from maintenance.scan.forked import CAN_FORK, Report, only_fork_safe_threads
 from maintenance.scan.results import BackgroundResults
 from tests.conftest import ROOT
@@ -134,7 +135,7 @@ def test_on_a_terminal_no_thread_starts_so_the_result_scan_still_forks() -> None
         assert threading.active_count() == threads and only_fork_safe_threads()
 
         def work(report: Report, stop: threading.Event) -> list[str]:
-            report((1, []))
+            report((1, PackedStale.pack([])))
             return [str(os.getpid())]
 
         with ThreadPoolExecutor(max_workers=1) as side:

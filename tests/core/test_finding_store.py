@@ -12,6 +12,7 @@ from maintenance.core.diff import judge_result
 from maintenance.core.finding_store import (
     FIRSTS_KEPT,
     Findings,
+    PackedStale,
     stale_result_dict,
     stale_result_finding,
     stale_row,
@@ -49,13 +50,17 @@ def stale(i: int) -> tuple[str, str, str, str, float | None]:
     )
 
 
-def mixed(store: Findings, n: int) -> list[Finding]:
-    """Fill `store` with n findings of both forms; return the same as a list."""
+def mixed(store: Findings, n: int, packed: bool = False) -> list[Finding]:
+    """Fill `store` with n findings of both forms (stale rows also packed, as the result scan's
+    child sends them, when `packed`); return the same as a list."""
     expected: list[Finding] = []
     for i in range(n):
         if i % 10 < 6:
             rows = [stale(i * 10 + j) for j in range(i % 4 + 1)]
-            store.extend_stale(rows)
+            if packed and i % 2:
+                store.extend_packed(PackedStale.pack(rows))
+            else:
+                store.extend_stale(rows)
             expected.extend(stale_result_finding(r) for r in rows)
         else:
             store.append(queued(i))
@@ -67,10 +72,11 @@ def open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
 
 
+@pytest.mark.parametrize("packed", [False, True], ids=["rows", "packed"])
 @pytest.mark.parametrize("n", [0, 1, 9, 10, 11, 57, 400])
-def test_order_and_counts_equal_a_list_across_the_spill_boundary(n: int) -> None:
+def test_order_and_counts_equal_a_list_across_the_spill_boundary(n: int, packed: bool) -> None:
     with Findings(memory_limit=10, batch_size=4) as store:
-        expected = mixed(store, n)
+        expected = mixed(store, n, packed)
         assert len(store) == len(expected) and bool(store) == bool(expected)
         assert list(store) == expected
         assert list(store) == expected, "a second pass reads the same"
@@ -142,6 +148,18 @@ def test_a_stale_row_reads_back_as_judge_result_makes_it() -> None:
         assert made is not None
         row = stale_row(made.reason, meta.task_id, meta.key, meta.status, made.age_s)
         assert stale_result_finding(row) == made
+
+
+def test_a_packed_batch_past_the_memory_goes_to_the_file_as_it_came() -> None:
+    rows = [stale(i) for i in range(3 * FIRSTS_KEPT)]
+    with Findings(memory_limit=8, batch_size=4) as store:
+        store.append(queued(1))
+        store.extend_packed(PackedStale.pack(rows))
+        assert store.spilled == len(rows), "not unpickled into memory"
+        assert list(store) == [queued(1), *map(stale_result_finding, rows)]
+        assert store.firsts()[FindingKind.STALE_RESULT] == [
+            stale_result_finding(r) for r in rows[:FIRSTS_KEPT]
+        ]
 
 
 def test_the_report_reads_counts_without_iterating() -> None:

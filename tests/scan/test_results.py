@@ -7,6 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from maintenance.core.finding_store import PackedStale
 from maintenance.scan import results as result_scan
 from maintenance.scan.forked import Report
 from maintenance.scan.results import BackgroundResults
@@ -19,8 +20,8 @@ def test_thread_fallback_without_fork(monkeypatch: pytest.MonkeyPatch) -> None:
 
     def work(report: Report, stop: threading.Event) -> list[str]:
         threads.append(threading.current_thread().name)
-        report((5, []))
-        report((2, []))
+        report((5, PackedStale.pack([])))
+        report((2, PackedStale.pack([])))
         return ["a note"]
 
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="side") as side:
