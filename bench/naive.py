@@ -73,7 +73,8 @@ def _bound_id(raw: bytes) -> object:
 def run_naive(
     redis_url: str, db_url: str, queue_keys: tuple[str, ...], sample: int, nice: int = 0
 ) -> NaiveRun:
-    client = redis.Redis.from_url(redis_url)
+    # Its whole-list LRANGE of a big queue takes longer than redis-py 8's 5 s default wait.
+    client = redis.Redis.from_url(redis_url, socket_timeout=3600)
     dsn = sa.engine.make_url(db_url).set(drivername="postgresql").render_as_string(False)
     conn = psycopg2.connect(dsn)
     conn.autocommit = True
