@@ -17,7 +17,7 @@ from __future__ import annotations
 import pickle
 import tempfile
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import islice
 from typing import IO, Any, overload
@@ -204,19 +204,17 @@ class _Tally:
 
     def add_stale(self, rows: list[StaleRow]) -> None:
         """Stale rows have no task name; a Finding is built only for the first few."""
-        self.kinds[_STALE] += len(rows)
-        for reason, n in Counter(row[0] for row in rows).items():
-            self.reasons[f"stale_result:{reason}"] += n
-        kept = self.firsts.setdefault(_STALE, [])
-        for row in rows[: max(0, FIRSTS_KEPT - len(kept))]:
-            kept.append(stale_result_finding(row))
+        self._add_stale(len(rows), Counter(row[0] for row in rows), rows)
 
     def add_packed(self, batch: PackedStale) -> None:
-        self.kinds[_STALE] += batch.count
-        for reason, n in batch.reasons.items():
+        self._add_stale(batch.count, batch.reasons, batch.head)
+
+    def _add_stale(self, count: int, reasons: Mapping[str, int], head: list[StaleRow]) -> None:
+        self.kinds[_STALE] += count
+        for reason, n in reasons.items():
             self.reasons[f"stale_result:{reason}"] += n
         kept = self.firsts.setdefault(_STALE, [])
-        for row in batch.head[: max(0, FIRSTS_KEPT - len(kept))]:
+        for row in head[: max(0, FIRSTS_KEPT - len(kept))]:
             kept.append(stale_result_finding(row))
 
     def merge(self, other: _Tally) -> None:
